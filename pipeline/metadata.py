@@ -84,7 +84,10 @@ def format_infotext(info: RunInfo) -> str:
     pairs: list[tuple[str, str]] = []
     lines: list[str] = []
     if p.mode == "creative":
-        lines += [p.prompt.replace("\n", " "), "Negative prompt: " + p.negative_prompt.replace("\n", " ")]
+        lines += [
+            p.prompt.replace("\n", " "),
+            "Negative prompt: " + p.negative_prompt.replace("\n", " "),
+        ]
         pairs += [
             ("Steps", str(p.num_inference_steps)),
             ("Sampler", p.scheduler),
@@ -152,6 +155,8 @@ def parse_infotext_fields(text: str) -> dict[str, str]:
 def parse_infotext(text: str) -> RunInfo | None:
     """Read infotext back: exact for Clarifier's own, best effort for A1111's. None if neither."""
     fields = parse_infotext_fields(text)
+    if not set(fields) - {"Prompt", "Negative prompt"}:
+        return None  # a caption, not generation parameters
     if _KEY in fields:
         try:
             return RunInfo.from_dict(json.loads(fields[_KEY]))

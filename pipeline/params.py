@@ -109,7 +109,9 @@ BUNDLED_UPSCALERS: tuple[str, ...] = (
 )
 DEFAULT_UPSCALER = "realesrgan-x4plus"
 
-DEFAULT_PROMPT = "masterpiece, best quality, highres, <lora:more_details:0.5> <lora:SDXLrender_v2.0:1>"
+DEFAULT_PROMPT = (
+    "masterpiece, best quality, highres, <lora:more_details:0.5> <lora:SDXLrender_v2.0:1>"
+)
 DEFAULT_NEGATIVE_PROMPT = "(worst quality, low quality, normal quality:2) JuggernautNegative-neg"
 
 
@@ -252,9 +254,8 @@ def _check(spec: Spec, value: Any) -> Any:
         value = float(value)
         if not math.isfinite(value):
             raise _Invalid
-    elif spec.kind is str:
-        if not isinstance(value, str):
-            raise _Invalid
+    elif spec.kind is str and not isinstance(value, str):
+        raise _Invalid
     if spec.aliases and value in spec.aliases:
         value = spec.aliases[value]
     if spec.choices is not None and value not in spec.choices:
@@ -275,26 +276,58 @@ def _unknown(name: str, value: Any, known: Mapping[str, Any]) -> FieldError:
 
 @dataclass(frozen=True)
 class CreativeKnobs(_Validated):
-    """Integer knobs of the ClarityAI creative upscaler (Segmind ``clarityai-creative-upscaler``)."""
+    """Integer knobs of the ClarityAI creative upscaler (Segmind clarityai-creative-upscaler)."""
 
     _prefix: ClassVar[str] = "creative."
-    _SRC: ClassVar[str] = "seed 001 (clarityai-creative-upscaler)"
 
     creativity: int = _spec(
-        2, int, "Adjusts the creativity effect; higher values for unique transformations, "
-        "2 for balance.", "essentials", "seed 001", minimum=-10, maximum=10, step=1)
+        2,
+        int,
+        "Adjusts the creativity effect; higher values for unique transformations, 2 for balance.",
+        "essentials",
+        "seed 001",
+        minimum=-10,
+        maximum=10,
+        step=1,
+    )
     resemblance: int = _spec(
-        3, int, "Controls how much the result resembles the original; use 3 for moderate "
-        "similarity.", "essentials", "seed 001", minimum=-10, maximum=10, step=1)
+        3,
+        int,
+        "Controls how much the result resembles the original; use 3 for moderate similarity.",
+        "essentials",
+        "seed 001",
+        minimum=-10,
+        maximum=10,
+        step=1,
+    )
     dynamic: int = _spec(
-        0, int, "Modifies dynamic range; 0 retains original, higher for more contrast.",
-        "essentials", "seed 001", minimum=-10, maximum=10, step=1)
+        0,
+        int,
+        "Modifies dynamic range; 0 retains original, higher for more contrast.",
+        "essentials",
+        "seed 001",
+        minimum=-10,
+        maximum=10,
+        step=1,
+    )
     fractality: int = _spec(
-        1, int, "Adds fractal texture; 1 for subtlety, 5 for pronounced detail.",
-        "essentials", "seed 001", minimum=-10, maximum=10, step=1)
+        1,
+        int,
+        "Adds fractal texture; 1 for subtlety, 5 for pronounced detail.",
+        "essentials",
+        "seed 001",
+        minimum=-10,
+        maximum=10,
+        step=1,
+    )
     style: str = _spec(
-        "portrait", str, "Selects final image style; 'portrait' for faces, 'anime' for stylized "
-        "art.", "style", "seed 001", choices=STYLES)
+        "portrait",
+        str,
+        "Selects final image style; 'portrait' for faces, 'anime' for stylized art.",
+        "style",
+        "seed 001",
+        choices=STYLES,
+    )
 
 
 @dataclass(frozen=True)
@@ -304,11 +337,22 @@ class FluxKnobs(_Validated):
     _prefix: ClassVar[str] = "flux."
 
     creativity: int = _spec(
-        3, int, "Sets creativity level from -10 to 10. Use 0 for realism, 10 for maximal "
-        "creativity.", "essentials", "seed 000", minimum=-10, maximum=10, step=1)
+        3,
+        int,
+        "Sets creativity level from -10 to 10. Use 0 for realism, 10 for maximal creativity.",
+        "essentials",
+        "seed 000",
+        minimum=-10,
+        maximum=10,
+        step=1,
+    )
     lora_link: str = _spec(
-        "", str, "Link to a custom LoRa model. Use a link for personalized outputs.",
-        "advanced", "seed 000")
+        "",
+        str,
+        "Link to a custom LoRa model. Use a link for personalized outputs.",
+        "advanced",
+        "seed 000",
+    )
 
 
 @dataclass(frozen=True)
@@ -317,88 +361,222 @@ class UpscaleParams(_Validated):
 
     # --- essentials -------------------------------------------------------------------------
     scale_factor: float = _spec(
-        2.0, float, "Scale factor. Above 2 the creative mode runs ×2 passes plus a remainder "
-        "(4 → 2·2, 3 → 2·1.5).", "essentials", "seed 002", minimum=1, maximum=16, step=0.5)
+        2.0,
+        float,
+        "Scale factor. Above 2 the creative mode runs ×2 passes plus a remainder "
+        "(4 → 2·2, 3 → 2·1.5).",
+        "essentials",
+        "seed 002",
+        minimum=1,
+        maximum=16,
+        step=0.5,
+    )
     creativity: float = _spec(
-        0.35, float, "Creativity, try from 0.3 - 0.9. The img2img denoising strength.",
-        "essentials", "seed 002", minimum=0, maximum=1, step=0.05)
+        0.35,
+        float,
+        "Creativity, try from 0.3 - 0.9. The img2img denoising strength.",
+        "essentials",
+        "seed 002",
+        minimum=0,
+        maximum=1,
+        step=0.05,
+    )
     resemblance: float = _spec(
-        0.6, float, "Resemblance, try from 0.3 - 1.6. The ControlNet tile weight.",
-        "essentials", "seed 002", minimum=0, maximum=3, step=0.05)
+        0.6,
+        float,
+        "Resemblance, try from 0.3 - 1.6. The ControlNet tile weight.",
+        "essentials",
+        "seed 002",
+        minimum=0,
+        maximum=3,
+        step=0.05,
+    )
     dynamic: float = _spec(
-        6.0, float, "HDR, try from 3 - 9. The classifier-free guidance (CFG) scale.",
-        "essentials", "seed 002", minimum=1, maximum=50, step=0.5)
+        6.0,
+        float,
+        "HDR, try from 3 - 9. The classifier-free guidance (CFG) scale.",
+        "essentials",
+        "seed 002",
+        minimum=1,
+        maximum=50,
+        step=0.5,
+    )
     prompt: str = _spec(
-        DEFAULT_PROMPT, str, "Prompt. <lora:NAME:weight> tags activate LoRAs.",
-        "essentials", "seed 002")
+        DEFAULT_PROMPT,
+        str,
+        "Prompt. <lora:NAME:weight> tags activate LoRAs.",
+        "essentials",
+        "seed 002",
+    )
     seed: int | None = _spec(
-        1337, int, "Random seed. Leave blank to randomize the seed. Each later pass adds 1.",
-        "essentials", "seed 002", minimum=0, maximum=MAX_SEED, nullable=True)
+        1337,
+        int,
+        "Random seed. Leave blank to randomize the seed. Each later pass adds 1.",
+        "essentials",
+        "seed 002",
+        minimum=0,
+        maximum=MAX_SEED,
+        nullable=True,
+    )
     # --- style and model --------------------------------------------------------------------
     mode: str = _spec(
-        "faithful", str, "faithful: ESRGAN pre-upscale only, works offline with the bundled "
-        "Real-ESRGAN. creative: the Clarity diffusion pass on top.", "style", "clarifier",
-        choices=MODES)
+        "faithful",
+        str,
+        "faithful: ESRGAN pre-upscale only, works offline with the bundled "
+        "Real-ESRGAN. creative: the Clarity diffusion pass on top.",
+        "style",
+        "clarifier",
+        choices=MODES,
+    )
     sd_model: str = _spec(
-        "juggernaut_reborn.safetensors [338b85bc4f]", str, "The Stable Diffusion 1.5 checkpoint.",
-        "style", "seed 002", choices=SD_MODELS, aliases=_sd_model_aliases())
+        "juggernaut_reborn.safetensors [338b85bc4f]",
+        str,
+        "The Stable Diffusion 1.5 checkpoint.",
+        "style",
+        "seed 002",
+        choices=SD_MODELS,
+        aliases=_sd_model_aliases(),
+    )
     negative_prompt: str = _spec(
-        DEFAULT_NEGATIVE_PROMPT, str, "Negative Prompt", "style", "seed 002")
+        DEFAULT_NEGATIVE_PROMPT, str, "Negative Prompt", "style", "seed 002"
+    )
     upscaler: str = _spec(
-        DEFAULT_UPSCALER, str, "The ESRGAN-family pre-upscaler: a bundled model ("
-        + ", ".join(BUNDLED_UPSCALERS) + ") or the name or path of an ESRGAN/RRDB or SRVGG "
-        ".pth/.safetensors file, such as 4x-UltraSharp.", "style", "clarifier")
+        DEFAULT_UPSCALER,
+        str,
+        "The ESRGAN-family pre-upscaler: a bundled model ("
+        + ", ".join(BUNDLED_UPSCALERS)
+        + ") or the name or path of an ESRGAN/RRDB or SRVGG "
+        ".pth/.safetensors file, such as 4x-UltraSharp.",
+        "style",
+        "clarifier",
+    )
     creative: CreativeKnobs = _spec(
-        CreativeKnobs, CreativeKnobs, "ClarityAI creative upscaler knobs", "style", "seed 001")
-    flux: FluxKnobs = _spec(FluxKnobs, FluxKnobs, "ClarityAI flux upscaler knobs", "style",
-                            "seed 000")
+        CreativeKnobs, CreativeKnobs, "ClarityAI creative upscaler knobs", "style", "seed 001"
+    )
+    flux: FluxKnobs = _spec(
+        FluxKnobs, FluxKnobs, "ClarityAI flux upscaler knobs", "style", "seed 000"
+    )
     # --- advanced ---------------------------------------------------------------------------
     num_inference_steps: int = _spec(
-        18, int, "Number of denoising steps. img2img runs int(steps·creativity)+1 of them.",
-        "advanced", "seed 002", minimum=1, maximum=100, step=1)
+        18,
+        int,
+        "Number of denoising steps. img2img runs int(steps·creativity)+1 of them.",
+        "advanced",
+        "seed 002",
+        minimum=1,
+        maximum=100,
+        step=1,
+    )
     scheduler: str = _spec(
-        "DPM++ 3M SDE Karras", str, "The A1111 sampler.", "advanced", "seed 002",
-        choices=SCHEDULERS)
+        "DPM++ 3M SDE Karras", str, "The A1111 sampler.", "advanced", "seed 002", choices=SCHEDULERS
+    )
     tiling_width: int = _spec(
-        112, int, "Diffusion tile width in latent units (×8 px). Lower for more fractality.",
-        "advanced", "seed 002", choices=TILE_SIZES)
+        112,
+        int,
+        "Diffusion tile width in latent units (×8 px). Lower for more fractality.",
+        "advanced",
+        "seed 002",
+        choices=TILE_SIZES,
+    )
     tiling_height: int = _spec(
-        144, int, "Diffusion tile height in latent units (×8 px). Lower for more fractality.",
-        "advanced", "seed 002", choices=TILE_SIZES)
+        144,
+        int,
+        "Diffusion tile height in latent units (×8 px). Lower for more fractality.",
+        "advanced",
+        "seed 002",
+        choices=TILE_SIZES,
+    )
     sharpen: float = _spec(
-        0.0, float, "Sharpen the image after upscaling. The higher the value, the more sharpening "
-        "is applied. 0 for no sharpening", "advanced", "seed 002", minimum=0, maximum=10, step=0.5)
+        0.0,
+        float,
+        "Sharpen the image after upscaling. The higher the value, the more sharpening "
+        "is applied. 0 for no sharpening",
+        "advanced",
+        "seed 002",
+        minimum=0,
+        maximum=10,
+        step=0.5,
+    )
     output_format: str = _spec(
-        "png", str, "Output file format (jpg and webp at quality 95).", "advanced", "seed 002",
-        choices=OUTPUT_FORMATS, aliases={"jpeg": "jpg", "PNG": "png", "JPG": "jpg",
-                                         "JPEG": "jpg", "WEBP": "webp"})
+        "png",
+        str,
+        "Output file format (jpg and webp at quality 95).",
+        "advanced",
+        "seed 002",
+        choices=OUTPUT_FORMATS,
+        aliases={"jpeg": "jpg", "PNG": "png", "JPG": "jpg", "JPEG": "jpg", "WEBP": "webp"},
+    )
     downscaling: bool = _spec(
-        False, bool, "Downscale the image before upscaling. Can improve quality and speed for "
-        "images with high resolution but lower quality", "advanced", "seed 002")
+        False,
+        bool,
+        "Downscale the image before upscaling. Can improve quality and speed for "
+        "images with high resolution but lower quality",
+        "advanced",
+        "seed 002",
+    )
     downscaling_resolution: int = _spec(
-        768, int, "Downscaling resolution: the longer side after downscaling.", "advanced",
-        "seed 002", minimum=64, maximum=16384, step=64)
+        768,
+        int,
+        "Downscaling resolution: the longer side after downscaling.",
+        "advanced",
+        "seed 002",
+        minimum=64,
+        maximum=16384,
+        step=64,
+    )
     mask: str | None = _spec(
-        None, str, "Mask image (path or URL) to mark areas that should be preserved during "
-        "upscaling: white keeps the original.", "advanced", "seed 002", nullable=True)
+        None,
+        str,
+        "Mask image (path or URL) to mark areas that should be preserved during "
+        "upscaling: white keeps the original.",
+        "advanced",
+        "seed 002",
+        nullable=True,
+    )
     handfix: str = _spec(
-        "disabled", str, "Hand fix.", "advanced", "seed 002", choices=HANDFIX_MODES)
+        "disabled", str, "Hand fix.", "advanced", "seed 002", choices=HANDFIX_MODES
+    )
     pattern: bool = _spec(
-        False, bool, "Seamless-texture mode: the result tiles without visible edges.",
-        "advanced", "hidden")
+        False,
+        bool,
+        "Seamless-texture mode: the result tiles without visible edges.",
+        "advanced",
+        "hidden",
+    )
     multistep_factor: float = _spec(
-        0.8, float, "Multiplies creativity before each ×2 pass after the first.", "advanced",
-        "hidden", minimum=0, maximum=2, step=0.05)
+        0.8,
+        float,
+        "Multiplies creativity before each ×2 pass after the first.",
+        "advanced",
+        "hidden",
+        minimum=0,
+        maximum=2,
+        step=0.05,
+    )
     lora_links: str = _spec(
-        "", str, "Link to a lora file you want to use in your upscaling. Multiple links possible, "
-        "separated by comma", "advanced", "seed 002")
+        "",
+        str,
+        "Link to a lora file you want to use in your upscaling. Multiple links possible, "
+        "separated by comma",
+        "advanced",
+        "seed 002",
+    )
     custom_sd_model: str = _spec(
-        "", str, "A checkpoint (URL or local path) used instead of sd_model.", "advanced",
-        "seed 002")
+        "",
+        str,
+        "A checkpoint (URL or local path) used instead of sd_model.",
+        "advanced",
+        "seed 002",
+    )
     upscaler_channel_order: str = _spec(
-        "auto", str, "Channel order fed to the pre-upscaler. auto: BGR for classic ESRGAN files "
-        "(as A1111 and Clarity run 4x-UltraSharp), RGB for everything else.", "advanced",
-        "clarifier", choices=CHANNEL_ORDERS)
+        "auto",
+        str,
+        "Channel order fed to the pre-upscaler. auto: BGR for classic ESRGAN files "
+        "(as A1111 and Clarity run 4x-UltraSharp), RGB for everything else.",
+        "advanced",
+        "clarifier",
+        choices=CHANNEL_ORDERS,
+    )
 
     # --- conversion -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -416,10 +594,14 @@ class UpscaleParams(_Validated):
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ParamsError(FieldError("version", version, "a positive integer"))
         if version > PARAMS_VERSION:
-            raise ParamsError(FieldError(
-                "version", version,
-                f"these parameters come from a newer Clarifier; this one reads versions up to "
-                f"{PARAMS_VERSION}"))
+            raise ParamsError(
+                FieldError(
+                    "version",
+                    version,
+                    f"these parameters come from a newer Clarifier; this one reads versions up to "
+                    f"{PARAMS_VERSION}",
+                )
+            )
         for v in range(version, PARAMS_VERSION):
             data = _MIGRATIONS[v](data)
         return cls._from_dict(data)
@@ -516,9 +698,13 @@ class UpscaleParams(_Validated):
         for s in scales:
             width, height = floor8(width * s), floor8(height * s)
         if width < 8 or height < 8:
-            raise ParamsError(FieldError(
-                "scale_factor", self.scale_factor,
-                f"an output of at least 8×8 pixels (this input would give {width}×{height})"))
+            raise ParamsError(
+                FieldError(
+                    "scale_factor",
+                    self.scale_factor,
+                    f"an output of at least 8×8 pixels (this input would give {width}×{height})",
+                )
+            )
         return width, height
 
     def with_resolved_seed(self) -> UpscaleParams:

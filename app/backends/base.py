@@ -1,0 +1,147 @@
+"""The one interface every backend implements, and the one event and error type they report.
+
+A backend turns a :class:`Request` (an input, where the output goes, the parameters) into a
+written output file. It reports what happens through :class:`BackendEvent` and fails with
+:class:`JobError`, whose ``kind`` carries the retry rule. The job controller owns scheduling,
+retries and state; backends translate their provider's states and errors at this boundary.
+Cancelling is asyncio cancellation of :meth:`Backend.run`.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.params import UpscaleParams
+
+__all__ = [
+    "Backend",
+    "BackendEvent",
+    "ErrorKind",
+    "JobError",
+    "JobState",
+    "Outcome",
+    "Report",
+    "Request",
+]
+
+
+class JobState(enum.StrEnum):
+    """The normalized states of a job, whatever runs it."""
+
+    queued = "queued"
+    uploading = "uploading"
+    submitting = "submitting"
+    submit_unknown = "submit-unknown"  # a submit got no answer; reconcile, never re-send blindly
+    running = "running"
+    downloading = "downloading"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+    lost = "lost"  # the provider's record expired before the result was fetched
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({JobState.succeeded, JobState.failed, JobState.canceled, JobState.lost})
+
+
+class ErrorKind(enum.StrEnum):
+    auth = "auth"
+    insufficient_funds = "insufficient_funds"
+    invalid_request = "invalid_request"  # bad parameters or input: fix them, then retry by hand
+    model_failed = "model_failed"  # a model is missing or failed to run
+    content_rejected = "content_rejected"
+    rate_limited = "rate_limited"
+    transient = "transient"
+    timeout = "timeout"
+    expired = "expired"
+    protocol = "protocol"
+    out_of_memory = "out_of_memory"
+    worker_died = "worker_died"
+    canceled = "canceled"
+    internal = "internal"
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the controller may retry automatically (after backoff)."""
+        return self in (ErrorKind.rate_limited, ErrorKind.transient, ErrorKind.timeout)
+
+
+@dataclass
+class JobError(Exception):
+    """A job failed; ``message`` is plain language and safe to show (no keys, no tracebacks)."""
+
+    kind: ErrorKind
+    message: str
+    retry_after: float | None = None  # seconds, when the provider said
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind.retryable
+
+
+@dataclass(frozen=True)
+class Request:
+    job_id: str
+    input: Path
+    output: Path
+    params: UpscaleParams
+    options: Mapping[str, Any] = field(default_factory=dict)  # engine options (device, tile, cap)
+
+
+@dataclass(frozen=True)
+class BackendEvent:
+    """Something a backend wants the controller (and the person) to know while a job runs."""
+
+    state: JobState | None = None  # a state change, e.g. running or downloading
+    stage: str = ""  # what is being done: "pre-upscale", "alpha", "queued at provider", ...
+    done: int = 0
+    total: int = 0
+    message: str = ""
+    preview_png: bytes | None = None  # a small PNG of the canvas, when the engine has one
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished job: where the output is and how it was made."""
+
+    output: Path
+    info: Mapping[str, Any]  # RunInfo.to_dict()
+    timings: Mapping[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    remote_id: str | None = None
+    cost: float | None = None
+
+
+Report = Callable[[BackendEvent], None]
+
+
+class Backend(ABC):
+    """Runs requests somewhere: the local worker process, or a provider over HTTP."""
+
+    name: str = ""
+    concurrency: int = 1  # how many jobs the controller may run on it at once
+
+    @abstractmethod
+    async def run(self, request: Request, report: Report) -> Outcome:
+        """Run one request to completion; raise :class:`JobError` on failure.
+
+        Cancellation arrives as :class:`asyncio.CancelledError`; the backend stops the work
+        (or says it cannot) and re-raises."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release processes, connections and files."""

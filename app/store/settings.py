@@ -1,0 +1,80 @@
+"""Application settings: one small JSON file in the user's config folder.
+
+Settings change how Clarifier runs, never what a result means (that is the parameters' job).
+A damaged settings file is set aside (``settings.json.bad``) and defaults are used, so a bad
+edit can never stop the app from starting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.store.files import write_json_atomic
+from pipeline.paths import config_dir
+
+__all__ = ["Settings", "load_settings", "save_settings", "settings_path"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_output_megapixels: float = 64.0  # the output cap; raise it as memory allows
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    tile: int | None = None  # pre-upscaler tile size in pixels; None = chosen for the device
+    model_dirs: tuple[str, ...] = field(default_factory=tuple)  # extra folders to find models in
+    output_dir: str = ""  # the window's default output folder; empty = next to the input
+
+    @property
+    def max_output_pixels(self) -> int:
+        return int(self.max_output_megapixels * 1_000_000)
+
+    def engine_options(self) -> dict[str, Any]:
+        """What the local backend passes to the engine."""
+        return {
+            "device": self.device,
+            "tile": self.tile,
+            "max_output_pixels": self.max_output_pixels,
+            "model_dirs": list(self.model_dirs),
+        }
+
+    def validate(self) -> Settings:
+        if not (self.max_output_megapixels > 0):
+            raise ValueError(
+                f"max_output_megapixels must be positive, not {self.max_output_megapixels}"
+            )
+        if self.tile is not None and not (32 <= self.tile <= 4096):
+            raise ValueError(f"tile must be between 32 and 4096 pixels, not {self.tile}")
+        return self
+
+
+def settings_path() -> Path:
+    return config_dir() / "settings.json"
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    path = path or settings_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        known = {f.name for f in dataclasses.fields(Settings)}
+        values = {k: v for k, v in data.items() if k in known}
+        if "model_dirs" in values:
+            values["model_dirs"] = tuple(values["model_dirs"])
+        return Settings(**values).validate()
+    except FileNotFoundError:
+        return Settings()
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        log.warning("settings file %s is damaged (%s); using defaults", path, exc)
+        with contextlib.suppress(OSError):
+            path.replace(path.with_name(path.name + ".bad"))
+        return Settings()
+
+
+def save_settings(settings: Settings, path: Path | None = None) -> Path:
+    return write_json_atomic(path or settings_path(), dataclasses.asdict(settings.validate()))

@@ -1,0 +1,244 @@
+"""The engine as one function: an image and parameters in, an upscaled image and its metadata out.
+
+:func:`upscale` is what every local run goes through (the worker process calls it; tests call it
+directly). It takes a progress callback and a cancel check, polled between tiles, and returns the
+result with the :class:`~pipeline.metadata.RunInfo` needed to reproduce it.
+
+Modes:
+
+* ``faithful`` — Clarity's pre-upscale alone: the ESRGAN-family model, tiled, then Lanczos to
+  ``floor8(W·s) × floor8(H·s)``. Deterministic, offline, bundled weights.
+* ``creative`` — the diffusion pass; it needs the Stable Diffusion models and arrives with the
+  diffusion engine. Until then a creative request is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import __version__
+from pipeline.errors import Cancelled, PipelineError
+from pipeline.images import (
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    LoadedImage,
+    bleed_transparent,
+    check_output_size,
+    load_image,
+    save_image,
+)
+from pipeline.metadata import RunInfo
+from pipeline.params import UpscaleParams
+from pipeline.post import downscale_like_clarity, lanczos_resize, sharpen
+
+__all__ = ["EngineOptions", "FileResult", "Progress", "UpscaleResult", "upscale", "upscale_file"]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How (not what) to run: device and memory knobs that do not change the result's meaning."""
+
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
+    tile: int | None = None  # pre-upscaler tile in input pixels; None picks one for the device
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
+    model_dirs: Sequence[Path] = ()
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str  # "load", "pre-upscale", "alpha", "post", "save"
+    done: int
+    total: int
+    message: str = ""
+    preview: np.ndarray | None = None
+
+
+@dataclass
+class UpscaleResult:
+    rgb: np.ndarray
+    alpha: np.ndarray | None
+    info: RunInfo
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FileResult:
+    output: Path
+    info: RunInfo
+    timings: dict[str, float]
+    warnings: list[str]
+
+
+ProgressFn = Callable[[Progress], None]
+CancelFn = Callable[[], bool]
+
+_CPU_TILE = 192
+_GPU_TILE = 512
+
+
+def upscale(
+    image: LoadedImage,
+    params: UpscaleParams,
+    *,
+    options: EngineOptions | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> UpscaleResult:
+    """Upscale one loaded image. Raises a :class:`~pipeline.errors.PipelineError` subclass for
+    anything a person can fix (bad params, too large, missing model, cancelled, out of memory)."""
+    options = options or EngineOptions()
+    report = progress or (lambda _p: None)
+    should_stop = cancel or (lambda: False)
+    params = params.with_resolved_seed()
+    warnings: list[str] = []
+    timings: dict[str, float] = {}
+    src_h, src_w = image.rgb.shape[:2]
+    out_w, out_h = check_output_size(src_w, src_h, params, options.max_output_pixels)
+
+    if params.mode == "creative":
+        raise PipelineError(
+            "creative mode needs the diffusion engine and its Stable Diffusion models, which this "
+            "version of Clarifier does not have yet; use mode=faithful (the bundled Real-ESRGAN)"
+        )
+    if params.mask:
+        warnings.append(
+            "mask has no effect in faithful mode: the whole output is the pre-upscaled original"
+        )
+    if params.handfix != "disabled":
+        warnings.append("handfix has no effect in faithful mode")
+
+    rgb, alpha = image.rgb, image.alpha
+    if params.downscaling:
+        rgb = downscale_like_clarity(rgb, params.downscaling_resolution)
+        if alpha is not None:
+            alpha = lanczos_resize(alpha, (rgb.shape[1], rgb.shape[0]))
+    if alpha is not None:
+        # Transparent pixels often hold black or junk; the model would smear it into the edges.
+        rgb = bleed_transparent(rgb, alpha)
+
+    started = time.perf_counter()
+    from pipeline.device import default_dtype, pick_device
+    from pipeline.sr_models import load_upscaler
+
+    device = pick_device(options.device)
+    model = load_upscaler(
+        params.upscaler,
+        device=device,
+        dtype=default_dtype(device),
+        search_dirs=tuple(options.model_dirs),
+    )
+    timings["load_model"] = time.perf_counter() - started
+    tile = options.tile or (_CPU_TILE if device.type == "cpu" else _GPU_TILE)
+
+    planes = [("pre-upscale", rgb)] + ([("alpha", alpha)] if alpha is not None else [])
+    results: list[np.ndarray] = []
+    for stage, plane in planes:
+        if should_stop():
+            raise Cancelled()
+        started = time.perf_counter()
+        results.append(
+            _upscale_plane(plane, params, model, tile, (out_w, out_h), stage, report, should_stop)
+        )
+        timings[stage] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    out_rgb = results[0]
+    out_alpha = results[1] if alpha is not None else None
+    if params.sharpen:
+        report(Progress("post", 0, 1, "sharpen"))
+        out_rgb = sharpen(out_rgb, params.sharpen)
+    timings["post"] = time.perf_counter() - started
+
+    info = RunInfo(
+        params=params,
+        engine=f"local/{params.mode}",
+        models={"upscaler": model.name, "upscaler_sha256": model.sha256},
+        source_size=(src_w, src_h),
+        output_size=(out_rgb.shape[1], out_rgb.shape[0]),
+        clarifier_version=__version__,
+    )
+    return UpscaleResult(out_rgb, out_alpha, info, timings, warnings)
+
+
+def _upscale_plane(
+    plane: np.ndarray,
+    params: UpscaleParams,
+    model: object,
+    tile: int,
+    out_size: tuple[int, int],
+    stage: str,
+    report: ProgressFn,
+    should_stop: CancelFn,
+) -> np.ndarray:
+    from pipeline.preupscale import pre_upscale
+
+    def tiles_done(done: int, total: int) -> None:
+        report(Progress(stage, done, total))
+
+    if not params.pattern:
+        return pre_upscale(
+            plane,
+            params.scale_factor,
+            model,
+            channel_order=params.upscaler_channel_order,
+            tile=tile,
+            progress=tiles_done,
+            cancel=should_stop,
+        )
+    # Seamless-texture mode: the model sees the opposite edges around the image (wrap padding),
+    # so what it invents at one edge continues at the other; then the centre is cut out.
+    h, w = plane.shape[:2]
+    pad_x, pad_y = max(8, w // 8), max(8, h // 8)
+    widths = ((pad_y, pad_y), (pad_x, pad_x)) + (((0, 0),) if plane.ndim == 3 else ())
+    padded = np.pad(plane, widths, mode="wrap")
+    big = pre_upscale(
+        padded,
+        params.scale_factor,
+        model,
+        channel_order=params.upscaler_channel_order,
+        tile=tile,
+        progress=tiles_done,
+        cancel=should_stop,
+    )
+    kx, ky = big.shape[1] / padded.shape[1], big.shape[0] / padded.shape[0]
+    box = (round(pad_x * kx), round(pad_y * ky), round((pad_x + w) * kx), round((pad_y + h) * ky))
+    centre = big[box[1] : box[3], box[0] : box[2]]
+    return lanczos_resize(centre, out_size)
+
+
+def upscale_file(
+    input_path: str | Path,
+    output_path: str | Path,
+    params: UpscaleParams,
+    *,
+    options: EngineOptions | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> FileResult:
+    """Load, upscale and save one file atomically, with its parameters embedded."""
+    options = options or EngineOptions()
+    report = progress or (lambda _p: None)
+    started = time.perf_counter()
+    report(Progress("load", 0, 1, Path(input_path).name))
+    image = load_image(input_path, max_pixels=options.max_output_pixels)
+    load_time = time.perf_counter() - started
+    result = upscale(image, params, options=options, progress=progress, cancel=cancel)
+    if cancel and cancel():
+        raise Cancelled()
+    started = time.perf_counter()
+    report(Progress("save", 0, 1, Path(output_path).name))
+    written = save_image(
+        output_path,
+        result.rgb,
+        result.alpha,
+        info=result.info,
+        source=image.source,
+        fmt=result.info.params.output_format,
+    )
+    timings = {"load": load_time, **result.timings, "save": time.perf_counter() - started}
+    return FileResult(written, result.info, timings, image.warnings + result.warnings)
