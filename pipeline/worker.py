@@ -88,7 +88,14 @@ def _preview_png(array: Any) -> str:
 
 def _run(channel: _Channel, commands: _Commands, message: dict[str, Any]) -> None:
     from pipeline.engine import EngineOptions, Progress, upscale_file
-    from pipeline.errors import Cancelled, ImageError, ModelError, OutOfMemory, ParamsError
+    from pipeline.errors import (
+        Cancelled,
+        ImageError,
+        ModelError,
+        OutOfMemory,
+        ParamsError,
+        PipelineError,
+    )
     from pipeline.params import UpscaleParams
 
     job = str(message.get("job"))
@@ -130,6 +137,8 @@ def _run(channel: _Channel, commands: _Commands, message: dict[str, Any]) -> Non
     except (OutOfMemory, MemoryError) as exc:
         text = str(exc) or "the computer ran out of memory; try a smaller scale or tile size"
         channel.send(ev="error", job=job, kind="out_of_memory", message=text)
+    except PipelineError as exc:  # any other refusal the engine explains itself
+        channel.send(ev="error", job=job, kind="invalid_request", message=str(exc))
     except Exception as exc:  # noqa: BLE001 - the boundary: any other failure is one failed job
         traceback.print_exc(file=sys.stderr)
         channel.send(

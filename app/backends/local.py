@@ -171,7 +171,13 @@ class LocalBackend(Backend):
 
     @property
     def device(self) -> str:
+        """The engine's device, as the worker described it ("" before the first job)."""
         return self._worker.device if self._worker else ""
+
+    @property
+    def worker_pid(self) -> int | None:
+        worker = self._worker
+        return worker.process.pid if worker is not None and worker.alive else None
 
     async def _ensure_worker(self) -> _Worker:
         if self._worker is None or not self._worker.alive:
