@@ -5,11 +5,12 @@ The rule is A1111's ``Upscaler.upscale`` as Clarity runs it: the destination is
 the ESRGAN model runs on it, then one Lanczos resize lands on the destination size.
 
 Tiling. Each model pass walks the image in tiles of ``tile`` input pixels. A tile is run with a
-context margin of real neighbouring pixels on every side, and where that margin leaves the image,
-with reflected pixels, exactly as if the whole image had been reflect-padded by the margin (ncnn's
-Real-ESRGAN pre-pads the same way). Only the tile's own part of the output is kept, so a tiled run
-equals an untiled run of the reflect-padded image to within rounding (measured: see
-:func:`default_margin`). Tensors on the device are tile-sized; nothing image-sized is ever float.
+context margin of real neighbouring pixels on every side (:func:`default_margin`), and where the
+image ends, with the few reflected pixels (:func:`border_pad`) that an untiled run pads the whole
+image with. Only the tile's own part of the output is kept, so a tiled run equals an untiled run
+to within rounding (measured: ≤ 1 LSB, see :func:`default_margin`), and an image that fits in one
+tile costs no more than an untiled run. Tensors on the device are tile-sized; nothing image-sized
+is ever float.
 
 Fused resize. On the last model pass we do not build the ×4 intermediate: each row of tiles
 fills a full-width strip of model output (a few rows taller than the tiles, for the filter
@@ -42,6 +43,7 @@ __all__ = [
     "DEFAULT_TILE",
     "MAX_MODEL_PASSES",
     "Tile",
+    "border_pad",
     "default_margin",
     "model_passes",
     "plan_tiles",
@@ -82,6 +84,13 @@ def default_margin(model: SRModel) -> int:
         measured = 48 if blocks <= 6 else 72
         return model.alignment * max(16, min(_ceil_to(15 * blocks + 4, 8), measured))
     return 32 * model.alignment
+
+
+def border_pad(model: SRModel) -> int:
+    """Reflected pixels around the whole image. ncnn's Real-ESRGAN pre-pads by 10 px; with the
+    same padding the converted models were checked to give ncnn's own output, borders included,
+    within 1 LSB. Rounded up to the pixel-unshuffle alignment."""
+    return _ceil_to(10, model.alignment)
 
 
 def pre_upscale_size(width: int, height: int, scale: float) -> tuple[int, int]:
@@ -281,16 +290,28 @@ class _Runner:
     cancel: CancelFn | None = None
 
     def run(self, src: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-        """Model output for input ``[x0, x1) × [y0, y1)``, computed with ``margin`` px of context
-        (reflected beyond the image) and cropped back: shape ``((y1-y0)·s, (x1-x0)·s, C)``."""
+        """Model output for input ``[x0, x1) × [y0, y1)``, computed with up to ``margin`` px of
+        real context on every side, and cropped back: shape ``((y1-y0)·s, (x1-x0)·s, C)``.
+
+        Beyond the image the context is only the :func:`border_pad` of reflected pixels that an
+        untiled run pads the whole image with, so a tile at the image edge sees exactly what the
+        untiled run sees there, and a small image pays no margin at all."""
         h, w = src.shape[:2]
-        a, m, s = self.model.alignment, self.margin, self.model.scale
-        # Pixel-unshuffle nets need sides that are multiples of ``a``: extend the window.
-        pw, ph = _ceil_to(x1 - x0, a), _ceil_to(y1 - y0, a)
-        rows = reflect_index(y0 - m, y0 + ph + m, h)
-        cols = reflect_index(x0 - m, x0 + pw + m, w)
+        s = self.model.scale
+        y_lo, y_hi = self._window(y0, y1, h)
+        x_lo, x_hi = self._window(x0, x1, w)
+        rows = reflect_index(y_lo, y_hi, h)
+        cols = reflect_index(x_lo, x_hi, w)
         out = self._infer(src[rows[:, None], cols[None, :]])
-        return out[m * s : (m + y1 - y0) * s, m * s : (m + x1 - x0) * s]
+        top, left = y0 - y_lo, x0 - x_lo
+        return out[top * s : (top + y1 - y0) * s, left * s : (left + x1 - x0) * s]
+
+    def _window(self, lo: int, hi: int, size: int) -> tuple[int, int]:
+        a, pad = self.model.alignment, border_pad(self.model)
+        start = max(lo - self.margin, -pad)
+        stop = min(hi + self.margin, size + pad)
+        # Pixel-unshuffle nets need sides that are multiples of ``a``: extend the window.
+        return start, start + _ceil_to(max(stop, hi) - start, a)
 
     def _infer(self, window: np.ndarray) -> np.ndarray:
         net = self.model.net

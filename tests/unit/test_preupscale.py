@@ -15,6 +15,7 @@ from pipeline.errors import Cancelled, ImageError, OutOfMemory, ParamsError
 from pipeline.params import floor8
 from pipeline.preupscale import (
     _Runner,
+    border_pad,
     default_margin,
     model_passes,
     plan_tiles,
@@ -52,8 +53,8 @@ def max_diff(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def untiled_reference(model: SRModel, img: np.ndarray) -> np.ndarray:
-    """The whole image reflect-padded by the margin, one model call, margin cropped away."""
-    m, s = default_margin(model), model.scale
+    """The whole image reflect-padded by the border pad, one model call, the pad cropped away."""
+    m, s = border_pad(model), model.scale
     padded = np.pad(img, ((m, m), (m, m), (0, 0)), mode="reflect")
     x = torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 255
     with torch.inference_mode():
