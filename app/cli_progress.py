@@ -55,15 +55,18 @@ class ProgressLine:
         name = job.input.name
         fraction = job.fraction
         parts = [head, name, job.stage or str(job.state)]
+        tail: list[str] = []
         if fraction is not None:
-            bar_width = 20
-            filled = int(bar_width * fraction)
-            parts.append("█" * filled + "░" * (bar_width - filled) + f" {fraction:4.0%}")
-            parts.append(f"tile {job.done}/{job.total}")
+            tail.append(f"{fraction:4.0%}  tile {job.done}/{job.total}")
             elapsed = job.elapsed or 0.0
             if 0 < fraction < 1 and elapsed > 1:
-                parts.append(f"{_clock(elapsed * (1 - fraction) / fraction)} left")
-        return "  ".join(parts)[: width - 1]
+                tail.append(f"{_clock(elapsed * (1 - fraction) / fraction)} left")
+            used = sum(len(p) + 2 for p in parts + tail) + 2
+            bar_width = max(0, min(30, width - 1 - used))
+            if bar_width >= 8:
+                filled = int(bar_width * fraction)
+                parts.append("█" * filled + "░" * (bar_width - filled))
+        return "  ".join(parts + tail)[: width - 1]
 
     def _draw(self) -> None:
         self._last_draw = time.monotonic()

@@ -211,3 +211,35 @@ def test_ctrl_c_cancels_between_tiles_and_exits_130(tmp_path: Path) -> None:
     [record] = [json.loads(line) for line in out.splitlines()]
     assert record["status"] == "canceled"
     assert not (tmp_path / "out" / "big.png").exists()
+
+
+def test_the_progress_line_fits_the_terminal_and_shows_tiles(monkeypatch) -> None:
+    import io
+    import os as _os
+
+    from app.backends.base import JobState
+    from app.cli_progress import ProgressLine
+    from app.jobs import Job, JobEvent
+
+    monkeypatch.setattr("shutil.get_terminal_size", lambda *_: _os.terminal_size((60, 20)))
+    stream = io.StringIO()
+    line = ProgressLine(stream)
+    line.start(2)
+    job = Job(
+        "job-1",
+        Path("a-rather-long-file-name.png"),
+        Path("o.png"),
+        UpscaleParams(),
+        "local",
+        state=JobState.running,
+        stage="pre-upscale",
+        done=3,
+        total=12,
+    )
+    line.update(JobEvent(job, JobState.running, "pre-upscale", 3, 12))
+    drawn = stream.getvalue().split("\r\x1b[2K")[-1]
+    assert drawn.startswith("[1/2]") and "tile 3/12" in drawn and "25%" in drawn
+    assert len(drawn) < 60
+    out = io.StringIO()
+    line.print_above("ok    a.png → b.png", out)
+    assert out.getvalue() == "ok    a.png → b.png\n"
