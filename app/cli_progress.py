@@ -54,18 +54,21 @@ class ProgressLine:
         job = event.job
         name = job.input.name
         fraction = job.fraction
-        parts = [head, name, job.stage or str(job.state)]
         tail: list[str] = []
         if fraction is not None:
             tail.append(f"{fraction:4.0%}  tile {job.done}/{job.total}")
             elapsed = job.elapsed or 0.0
             if 0 < fraction < 1 and elapsed > 1:
                 tail.append(f"{_clock(elapsed * (1 - fraction) / fraction)} left")
-            used = sum(len(p) + 2 for p in parts + tail) + 2
-            bar_width = max(0, min(30, width - 1 - used))
-            if bar_width >= 8:
-                filled = int(bar_width * fraction)
-                parts.append("█" * filled + "░" * (bar_width - filled))
+        fixed = [head, job.stage or str(job.state), *tail]
+        room = width - 1 - sum(len(p) + 2 for p in fixed)
+        if len(name) > room:  # shorten the file name before anything informative
+            name = name[: max(4, room - 1)] + "…"
+        parts = [head, name, job.stage or str(job.state)]
+        bar_width = min(30, room - len(name) - 2)
+        if fraction is not None and bar_width >= 8:
+            filled = int(bar_width * fraction)
+            parts.append("█" * filled + "░" * (bar_width - filled))
         return "  ".join(parts + tail)[: width - 1]
 
     def _draw(self) -> None:
