@@ -1,8 +1,18 @@
-"""What is this file? Signatures for the error message when a file is not a readable image."""
+"""What is this file? Suffix and signature knowledge, for format checks and error messages."""
 
 from __future__ import annotations
 
-__all__ = ["describe_content", "looks_heif"]
+__all__ = ["SUFFIX_FORMAT", "describe_content", "looks_heif"]
+
+# Suffix → the container format Pillow reports for it (used to spot mislabelled files).
+SUFFIX_FORMAT = {
+    ".png": "PNG", ".apng": "PNG",
+    ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG",
+    ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".dib": "BMP",
+    ".gif": "GIF", ".avif": "AVIF", ".heic": "HEIF", ".heif": "HEIF",
+    ".ppm": "PPM", ".pgm": "PPM", ".pbm": "PPM", ".pnm": "PPM", ".qoi": "QOI",
+    ".jp2": "JPEG2000", ".j2k": "JPEG2000", ".ico": "ICO", ".psd": "PSD",
+}  # fmt: skip
 
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
 

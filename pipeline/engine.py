@@ -14,6 +14,7 @@ Modes:
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -189,31 +190,24 @@ def _upscale_plane(
     def tiles_done(done: int, total: int) -> None:
         report(Progress(stage, done, total))
 
+    run = functools.partial(
+        pre_upscale,
+        scale=params.scale_factor,
+        model=model,
+        channel_order=params.upscaler_channel_order,
+        tile=tile,
+        progress=tiles_done,
+        cancel=should_stop,
+    )
     if not params.pattern:
-        return pre_upscale(
-            plane,
-            params.scale_factor,
-            model,
-            channel_order=params.upscaler_channel_order,
-            tile=tile,
-            progress=tiles_done,
-            cancel=should_stop,
-        )
+        return run(plane)
     # Seamless-texture mode: the model sees the opposite edges around the image (wrap padding),
     # so what it invents at one edge continues at the other; then the centre is cut out.
     h, w = plane.shape[:2]
     pad_x, pad_y = max(8, w // 8), max(8, h // 8)
     widths = ((pad_y, pad_y), (pad_x, pad_x)) + (((0, 0),) if plane.ndim == 3 else ())
     padded = np.pad(plane, widths, mode="wrap")
-    big = pre_upscale(
-        padded,
-        params.scale_factor,
-        model,
-        channel_order=params.upscaler_channel_order,
-        tile=tile,
-        progress=tiles_done,
-        cancel=should_stop,
-    )
+    big = run(padded)
     kx, ky = big.shape[1] / padded.shape[1], big.shape[0] / padded.shape[0]
     box = (round(pad_x * kx), round(pad_y * ky), round((pad_x + w) * kx), round((pad_y + h) * ky))
     centre = big[box[1] : box[3], box[0] : box[2]]

@@ -323,7 +323,7 @@ def bundled_files(model_id: str) -> tuple[Path, Path]:
     return found[".param"], found[".bin"]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -356,8 +356,8 @@ def load_bundled(model_id: str) -> tuple[dict[str, torch.Tensor], dict[str, str]
 
     param_path, bin_path = bundled_files(model_id)
     sources = {
-        "source_sha256": _sha256(bin_path),
-        "param_sha256": _sha256(param_path),
+        "source_sha256": file_sha256(bin_path),
+        "param_sha256": file_sha256(param_path),
         "converter_version": CONVERTER_VERSION,
     }
     target = converted_path(model_id)

@@ -10,7 +10,6 @@ what is wrong with which file.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import pickle
 import re
@@ -297,14 +296,6 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     return _unwrap(obj, path)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # --- loading ----------------------------------------------------------------------------------
 
 _cache: OrderedDict[tuple[object, ...], SRModel] = OrderedDict()
@@ -379,7 +370,7 @@ def load_upscaler(
             scale=int(arch["scale"]),
             arch=arch["architecture"],
             classic_esrgan=classic,
-            sha256=_file_sha256(path),
+            sha256=ncnn.file_sha256(path),
             source=str(path),
         )
     with _cache_lock:
