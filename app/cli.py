@@ -420,9 +420,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from pipeline.images import read_parameters_text, read_run_info
-
     from pipeline.errors import ImageError
+    from pipeline.images import read_parameters_text, read_run_info
 
     try:
         info = read_run_info(args.image)

@@ -53,9 +53,13 @@ def test_readme_test_command_is_what_ci_runs() -> None:
 
 def test_ruff_lint_and_format_are_clean() -> None:
     ruff = _tool("ruff")
-    lint = subprocess.run([ruff, "check", "."], cwd=ROOT, capture_output=True, text=True)
+    lint = subprocess.run(
+        [ruff, "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True
+    )
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    fmt = subprocess.run([ruff, "format", "--check", "."], cwd=ROOT, capture_output=True, text=True)
+    fmt = subprocess.run(
+        [ruff, "format", "--no-cache", "--check", "."], cwd=ROOT, capture_output=True, text=True
+    )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
