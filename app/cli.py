@@ -24,30 +24,13 @@ from app.jobs import Job, JobController, JobEvent
 from app.store.presets import PresetError, PresetStore, read_preset_file
 from app.store.settings import Settings, load_settings
 from pipeline import __version__
-from pipeline.errors import ParamsError
-from pipeline.metadata import RunInfo
+from pipeline.errors import ImageError, ParamsError
+from pipeline.images import SUPPORTED_SUFFIXES, read_parameters_text
+from pipeline.metadata import RunInfo, parse_infotext
 from pipeline.params import UpscaleParams
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-# Suffixes the folder scan picks up. Files named explicitly are tried whatever their suffix:
-# the loader decides by content.
-IMAGE_SUFFIXES = frozenset(
-    {
-        ".png",
-        ".jpg",
-        ".jpeg",
-        ".jpe",
-        ".webp",
-        ".tif",
-        ".tiff",
-        ".bmp",
-        ".gif",
-        ".avif",
-        ".heic",
-        ".heif",
-    }
-)
 _FORMAT_SUFFIX = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}
 _SUFFIX_FORMAT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}
 _BACKENDS = ("local", "segmind", "apiframe", "wireflow", "replicate", "cog", "fal")
@@ -175,7 +158,7 @@ def collect_inputs(paths: Sequence[str], out_dir: Path | None) -> list[tuple[Pat
                     continue  # never re-upscale our own outputs
                 for name in sorted(files):
                     file = root_path / name
-                    if not name.startswith(".") and file.suffix.lower() in IMAGE_SUFFIXES:
+                    if not name.startswith(".") and file.suffix.lower() in SUPPORTED_SUFFIXES:
                         found.append((file, file.relative_to(path)))
         else:
             found.append((path, None))
@@ -420,15 +403,12 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from pipeline.errors import ImageError
-    from pipeline.images import read_parameters_text, read_run_info
-
     try:
-        info = read_run_info(args.image)
         text = read_parameters_text(args.image)
     except ImageError as exc:
         print(f"clarifier: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    info = parse_infotext(text) if text else None
     if info is None:
         print(f"{args.image}: no upscaling parameters found", file=sys.stderr)
         return EXIT_FAILED

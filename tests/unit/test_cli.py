@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -243,3 +244,34 @@ def test_the_progress_line_fits_the_terminal_and_shows_tiles(monkeypatch) -> Non
     out = io.StringIO()
     line.print_above("ok    a.png → b.png", out)
     assert out.getvalue() == "ok    a.png → b.png\n"
+
+
+def test_info_params_and_presets_commands(tmp_path: Path, capsys) -> None:
+    from pipeline.images import save_image
+    from pipeline.metadata import RunInfo
+
+    info = RunInfo(
+        UpscaleParams(seed=99, sharpen=1.5),
+        "local/faithful",
+        {"upscaler": "x"},
+        (4, 4),
+        (8, 8),
+        "0.1.0",
+    )
+    out = save_image(tmp_path / "o.webp", np.zeros((8, 8, 3), np.uint8), info=info)
+    assert main(["info", str(out), "--json"]) == 0
+    assert RunInfo.from_dict(json.loads(capsys.readouterr().out)) == info
+    assert main(["info", str(out)]) == 0
+    assert "Seed: 99" in capsys.readouterr().out
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (4, 4)).save(plain)
+    assert main(["info", str(plain)]) == 1
+    assert "no upscaling parameters" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "missing.png")]) == 1
+
+    assert main(["params"]) == 0
+    listing = capsys.readouterr().out
+    assert "creativity" in listing and "a number from 0 to 1" in listing
+    assert "creative.fractality" in listing
+    assert main(["presets"]) == 0
+    assert "Faithful" in capsys.readouterr().out
