@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from app.backends.base import JobState
+from app.cli_models import UsageError as ModelsUsageError
+from app.cli_models import add_models_parser, cmd_models, model_dirs_from
 from app.cli_progress import ProgressLine
 from app.jobs import Job, JobController, JobEvent
 from app.store.presets import PresetError, PresetStore, read_preset_file
@@ -27,6 +29,7 @@ from pipeline import __version__
 from pipeline.errors import ImageError, ParamsError
 from pipeline.images import SUPPORTED_SUFFIXES, read_parameters_text
 from pipeline.metadata import RunInfo, parse_infotext
+from pipeline.model_store import find_models, missing_message
 from pipeline.params import UpscaleParams
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -98,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MP",
         help="output cap in megapixels (default: settings, 64)",
     )
+    up.add_argument(
+        "--models",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also find model files in this folder (an A1111 or ComfyUI install, or a plain "
+        "folder); repeatable",
+    )
     up.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     info = sub.add_parser("info", help="show the parameters embedded in an output image")
@@ -106,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("params", help="list every parameter with its default and range")
     sub.add_parser("presets", help="list the presets")
+    add_models_parser(sub)
     return parser
 
 
@@ -383,8 +395,16 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             ).validate()
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    options = {**settings.engine_options(), "model_dirs": model_dirs_from(args.models)}
     params = build_params(args, PresetStore())
     items, params = plan(args.inputs, args.output, params, args.if_exists)
+    if params.mode == "creative" and args.backend == "local" and not args.json:
+        # Every image would fail the same way: say what is missing once, before starting
+        # (--json keeps its one line per image; each then carries the same error).
+        check = find_models(params, options["model_dirs"])
+        if check.missing:
+            print(f"clarifier: {missing_message(check.missing, check.searched)}", file=sys.stderr)
+            return EXIT_FAILED
     # One seed for the whole batch, so a batch is reproducible from any one of its outputs.
     params = params.with_resolved_seed()
     show_progress = not args.no_progress and sys.stderr.isatty()
@@ -394,7 +414,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             items,
             params,
             backend=args.backend,
-            options=settings.engine_options(),
+            options=options,
             json_out=args.json,
             progress=progress,
             out=sys.stdout,
@@ -442,13 +462,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "info": cmd_info,
         "params": cmd_params,
         "presets": cmd_presets,
+        "models": cmd_models,
     }
     if args.command is None:
         parser.print_help()
         return EXIT_OK
     try:
         return commands[args.command](args)
-    except (UsageError, ParamsError, PresetError) as exc:
+    except (UsageError, ModelsUsageError, ParamsError, PresetError) as exc:
         print(f"clarifier: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
