@@ -56,9 +56,13 @@ class ProgressLine:
         fraction = job.fraction
         tail: list[str] = []
         if fraction is not None:
-            tail.append(f"{fraction:4.0%}  tile {job.done}/{job.total}")
+            # The engine's message says what the count is ("step 3/7 · tiles 2/6"); without
+            # one the count is tiles.
+            tail.append(f"{fraction:4.0%}  {job.message or f'tile {job.done}/{job.total}'}")
             elapsed = job.elapsed or 0.0
-            if 0 < fraction < 1 and elapsed > 1:
+            if job.eta_s is not None:
+                tail.append(f"{_clock(job.eta_s)} left")
+            elif 0 < fraction < 1 and elapsed > 1:
                 tail.append(f"{_clock(elapsed * (1 - fraction) / fraction)} left")
         fixed = [head, job.stage or str(job.state), *tail]
         room = width - 1 - sum(len(p) + 2 for p in fixed)

@@ -8,8 +8,10 @@ Modes:
 
 * ``faithful`` — Clarity's pre-upscale alone: the ESRGAN-family model, tiled, then Lanczos to
   ``floor8(W·s) × floor8(H·s)``. Deterministic, offline, bundled weights.
-* ``creative`` — the diffusion pass; it needs the Stable Diffusion models and arrives with the
-  diffusion engine. Until then a creative request is refused with a clear message.
+* ``creative`` — Clarity's generative upscale (:mod:`pipeline.creative`): per ×2 pass, the
+  pre-upscale, then tiled img2img with an SD1.5 checkpoint, ControlNet tile, LoRAs and embeddings,
+  and a tiled VAE. Needs the model files (:mod:`pipeline.model_store`); the diffusion libraries
+  are imported only when a creative run starts.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 
 from pipeline import __version__
 from pipeline.device import default_dtype, pick_device
-from pipeline.errors import Cancelled, PipelineError
+from pipeline.errors import Cancelled
 from pipeline.images import (
     DEFAULT_MAX_OUTPUT_PIXELS,
     LoadedImage,
@@ -55,11 +57,12 @@ class EngineOptions:
 
 @dataclass(frozen=True)
 class Progress:
-    stage: str  # "load", "pre-upscale", "alpha", "post", "save"
+    stage: str  # "load", "models", "pre-upscale", "encode", "diffusion", "decode", "alpha", ...
     done: int
     total: int
     message: str = ""
     preview: np.ndarray | None = None
+    eta_s: float | None = None  # seconds left for the diffusion, once it can be estimated
 
 
 @dataclass
@@ -85,7 +88,7 @@ CancelFn = Callable[[], bool]
 _DOWNSCALING_INPUT_LIMIT = 400_000_000
 
 
-def _auto_tile(device: torch.device) -> int:
+def auto_tile(device: torch.device) -> int:
     """A pre-upscaler tile for the device. Bigger tiles waste less on their context margins
     (x4plus needs 72 px a side to be seam-free), smaller ones need less memory: at 256 px an
     x4plus tile peaks near 2.5 GB of RAM on a CPU, and fp16 on a GPU needs about a third per
@@ -115,17 +118,13 @@ def upscale(
     src_h, src_w = image.rgb.shape[:2]
     out_w, out_h = check_output_size(src_w, src_h, params, options.max_output_pixels)
 
-    if params.mode == "creative":
-        raise PipelineError(
-            "creative mode needs the diffusion engine and its Stable Diffusion models, which this "
-            "version of Clarifier does not have yet; use mode=faithful (the bundled Real-ESRGAN)"
-        )
-    if params.mask:
-        warnings.append(
-            "mask has no effect in faithful mode: the whole output is the pre-upscaled original"
-        )
-    if params.handfix != "disabled":
-        warnings.append("handfix has no effect in faithful mode")
+    if params.mode == "faithful":
+        if params.mask:
+            warnings.append(
+                "mask has no effect in faithful mode: the whole output is the pre-upscaled original"
+            )
+        if params.handfix != "disabled":
+            warnings.append("handfix has no effect in faithful mode")
 
     rgb, alpha = image.rgb, image.alpha
     if params.downscaling:
@@ -138,6 +137,28 @@ def upscale(
 
     started = time.perf_counter()
     device = pick_device(options.device)
+    if params.mode == "creative":
+        from pipeline.creative_run import upscale_creative
+
+        out_rgb, out_alpha, models, extra = upscale_creative(
+            rgb, alpha, params, device=device, options=options, report=report, cancel=should_stop
+        )
+        warnings.extend(extra.warnings)
+        timings.update(extra.timings)
+        return UpscaleResult(
+            out_rgb,
+            out_alpha,
+            RunInfo(
+                params=params,
+                engine="local/creative",
+                models=models,
+                source_size=(src_w, src_h),
+                output_size=(out_rgb.shape[1], out_rgb.shape[0]),
+                clarifier_version=__version__,
+            ),
+            timings,
+            warnings,
+        )
     model = load_upscaler(
         params.upscaler,
         device=device,
@@ -145,7 +166,7 @@ def upscale(
         search_dirs=tuple(options.model_dirs),
     )
     timings["load_model"] = time.perf_counter() - started
-    tile = options.tile or _auto_tile(device)
+    tile = options.tile or auto_tile(device)
 
     planes = [("pre-upscale", rgb)] + ([("alpha", alpha)] if alpha is not None else [])
     results: list[np.ndarray] = []
@@ -154,7 +175,7 @@ def upscale(
             raise Cancelled()
         started = time.perf_counter()
         results.append(
-            _upscale_plane(plane, params, model, tile, (out_w, out_h), stage, report, should_stop)
+            upscale_plane(plane, params, model, tile, (out_w, out_h), stage, report, should_stop)
         )
         timings[stage] = time.perf_counter() - started
 
@@ -177,7 +198,7 @@ def upscale(
     return UpscaleResult(out_rgb, out_alpha, info, timings, warnings)
 
 
-def _upscale_plane(
+def upscale_plane(
     plane: np.ndarray,
     params: UpscaleParams,
     model: SRModel,
@@ -200,7 +221,10 @@ def _upscale_plane(
         cancel=should_stop,
     )
     if not params.pattern:
-        return run(plane)
+        out = run(plane)
+        # Creative runs floor every ×2 pass to 8 px; one pre-upscale can land a few px away.
+        same = (out.shape[1], out.shape[0]) == out_size
+        return out if same else lanczos_resize(out, out_size)
     # Seamless-texture mode: the model sees the opposite edges around the image (wrap padding),
     # so what it invents at one edge continues at the other; then the centre is cut out.
     h, w = plane.shape[:2]

@@ -176,7 +176,7 @@ class TiledDenoiser:
                 crop = self.hint[ys][:, xs]
             else:
                 crop = self.hint[box.y * 8 : (box.y + box.h) * 8, box.x * 8 : (box.x + box.w) * 8]
-            crops.append(torch.from_numpy(np.ascontiguousarray(crop)))
+            crops.append(torch.from_numpy(np.array(crop)))  # a writable copy of just the tile
         batch = torch.stack(crops).to(self.device).permute(0, 3, 1, 2)
         return batch.to(self.dtype) / 255.0
 

@@ -14,7 +14,8 @@ Commands (controller → worker)::
 Events (worker → controller)::
 
     {"ev": "ready", "pid": N, "device": "CPU (2 threads)"}
-    {"ev": "progress", "job": ID, "stage": "pre-upscale", "done": 3, "total": 12, "message": ""}
+    {"ev": "progress", "job": ID, "stage": "pre-upscale", "done": 3, "total": 12, "message": "",
+     "eta": SECONDS | null}                              # eta: the engine's estimate, if any
     {"ev": "preview", "job": ID, "png": BASE64}          # small PNG of the current canvas
     {"ev": "result", "job": ID, "output": PATH, "info": {...}, "timings": {...}, "warnings": [...]}
     {"ev": "error", "job": ID, "kind": KIND, "message": TEXT}

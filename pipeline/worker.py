@@ -103,8 +103,15 @@ def _run(channel: _Channel, commands: _Commands, message: dict[str, Any]) -> Non
 
     def progress(p: Progress) -> None:
         nonlocal last_preview
+        eta = None if p.eta_s is None else round(p.eta_s, 1)
         channel.send(
-            ev="progress", job=job, stage=p.stage, done=p.done, total=p.total, message=p.message
+            ev="progress",
+            job=job,
+            stage=p.stage,
+            done=p.done,
+            total=p.total,
+            message=p.message,
+            eta=eta,
         )
         now = time.monotonic()
         if p.preview is not None and now - last_preview >= _PREVIEW_INTERVAL_S:

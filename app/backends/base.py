@@ -113,6 +113,7 @@ class BackendEvent:
     total: int = 0
     message: str = ""
     preview_png: bytes | None = None  # a small PNG of the canvas, when the engine has one
+    eta_s: float | None = None  # the backend's own estimate of the time left, when it has one
 
 
 @dataclass(frozen=True)

@@ -218,6 +218,7 @@ class LocalBackend(Backend):
                         done=int(event.get("done", 0)),
                         total=int(event.get("total", 0)),
                         message=str(event.get("message", "")),
+                        eta_s=_float_or_none(event.get("eta")),
                     )
                 )
             elif kind == "preview":
@@ -269,3 +270,10 @@ class LocalBackend(Backend):
                 await worker.wait()
         except TimeoutError:
             await worker.kill()
+
+
+def _float_or_none(value: object) -> float | None:
+    try:
+        return None if value is None else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None

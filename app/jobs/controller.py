@@ -49,6 +49,7 @@ class Job:
     done: int = 0
     total: int = 0
     message: str = ""
+    eta_s: float | None = None  # the backend's estimate of the time left in this stage
     attempts: int = 0
     error: JobError | None = None
     outcome: Outcome | None = None
@@ -229,6 +230,7 @@ class JobController:
         if event.stage:
             job.stage = event.stage
             job.done, job.total = event.done, event.total
+            job.eta_s = event.eta_s
         if event.message:
             job.message = event.message
         self._emit(job, preview_png=event.preview_png)

@@ -138,17 +138,34 @@ def test_bad_inputs_fail_with_clear_messages_and_the_queue_goes_on(tmp_path: Pat
     assert good_job.state == JobState.succeeded
 
 
-def test_creative_mode_is_refused_until_the_diffusion_engine_exists(tmp_path: Path) -> None:
-    good = _photo(tmp_path / "good.png", 24)
+def test_creative_jobs_run_in_the_worker_and_missing_models_fail_clearly(
+    tmp_path: Path, tiny_models_dir: Path
+) -> None:
+    good = _photo(tmp_path / "good.png", 32)
+    creative = FAST.replace(mode="creative", num_inference_steps=4, seed=5)
 
     async def scenario():
         controller = JobController({"local": LocalBackend()})
-        job = controller.submit(good, tmp_path / "o.png", FAST.replace(mode="creative"))
+        events = []
+        controller.add_listener(events.append)
+        ok = controller.submit(
+            good, tmp_path / "c.png", creative,
+            options={"device": "cpu", "model_dirs": [str(tiny_models_dir)]},
+        )  # fmt: skip
+        missing = controller.submit(
+            good, tmp_path / "m.png", creative,
+            options={"device": "cpu", "model_dirs": [str(tmp_path / "empty")]},
+        )  # fmt: skip
         await controller.join()
         await controller.aclose()
-        return job
+        return ok, missing, events
 
-    job = asyncio.run(scenario())
-    assert job.state == JobState.failed and job.error.kind == ErrorKind.invalid_request
-    assert "creative mode" in job.message and "faithful" in job.message
-    assert not (tmp_path / "o.png").exists()
+    ok, missing, events = asyncio.run(scenario())
+    assert ok.state == JobState.succeeded, ok.message
+    assert Image.open(tmp_path / "c.png").size == (64, 64)
+    stages = {e.stage for e in events if e.job is ok}
+    assert {"pre-upscale", "encode", "diffusion", "decode"} <= stages
+    assert any(e.preview_png for e in events if e.job is ok)
+    assert missing.state == JobState.failed and missing.error.kind == ErrorKind.model_failed
+    assert "juggernaut_reborn" in missing.message and "clarifier models" in missing.message
+    assert not (tmp_path / "m.png").exists()
