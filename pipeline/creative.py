@@ -34,8 +34,9 @@ from pipeline import tiled_vae
 from pipeline.errors import Cancelled, ModelError, OutOfMemory, PipelineError
 from pipeline.multidiffusion import TiledDenoiser, TileOutOfMemory
 from pipeline.params import UpscaleParams
+from pipeline.post import lanczos_resize
 from pipeline.preupscale import pre_upscale
-from pipeline.samplers import make_sampler
+from pipeline.samplers import check_sampler, make_sampler
 from pipeline.tiling import TilePlan, plan_tiles
 
 __all__ = ["CreativeSettings", "Stage", "composite_mask", "latent_preview", "run_passes"]
@@ -138,6 +139,22 @@ class _Clock:
         if self.done > 0 and elapsed >= 0.5:
             self.eta = elapsed / self.done * max(0.0, self.total - self.done)
         return self.eta
+
+
+def _pre_upscale(image: np.ndarray, scale: float, model: object, *, wrap: bool, **kw) -> np.ndarray:
+    """The ESRGAN pre-upscale; for a pattern the model sees the opposite edges around the image
+    (wrap padding, as Clarity pads by W/8), so what it invents at one edge continues at the
+    other."""
+    if not wrap:
+        return pre_upscale(image, scale, model, **kw)
+    h, w = image.shape[:2]
+    pad_x, pad_y = max(8, w // 8), max(8, h // 8)
+    big = pre_upscale(np.pad(image, ((pad_y, pad_y), (pad_x, pad_x), (0, 0)), mode="wrap"),
+                      scale, model, **kw)  # fmt: skip
+    kx, ky = big.shape[1] / (w + 2 * pad_x), big.shape[0] / (h + 2 * pad_y)
+    box = (round(pad_x * kx), round(pad_y * ky), round((pad_x + w) * kx), round((pad_y + h) * ky))
+    size = (int(w * scale // 8 * 8), int(h * scale // 8 * 8))
+    return lanczos_resize(big[box[1] : box[3], box[0] : box[2]], size)
 
 
 def _wrap_pad(rgb: np.ndarray, pad: int) -> np.ndarray:
@@ -247,10 +264,11 @@ def _one_pass(
     def stage_report(stage: str) -> Callable[[int, int], None]:
         return lambda done, total: report(Stage(stage, done, total, label))
 
-    pre = pre_upscale(
+    pre = _pre_upscale(
         image,
         scale,
         upscaler,
+        wrap=params.pattern,
         channel_order=params.upscaler_channel_order,
         tile=settings.sr_tile,
         progress=stage_report("pre-upscale"),
@@ -409,7 +427,9 @@ def _denoise(
 
 
 def check_creative_params(params: UpscaleParams) -> list[str]:
-    """Refusals and warnings for creative-mode parameters this engine cannot honour."""
+    """Refusals and warnings for creative-mode parameters this engine cannot honour, checked
+    before any model is loaded."""
+    check_sampler(params.scheduler)
     if params.handfix == "hands_only":
         raise PipelineError(
             "handfix=hands_only is not supported by the local engine (it needs MediaPipe hand "
