@@ -153,16 +153,22 @@ def upscale_creative(
 
     started = time.perf_counter()
     rgb8 = _to_uint8(rgb)
-    out, log = run_passes(
-        rgb8,
-        params,
-        pipe=pipe,
-        encoder=encoder,
-        upscaler=upscaler,
-        settings=settings,
-        report=forward,
-        cancel=cancel,
-    )
+    try:
+        out, log = run_passes(
+            rgb8,
+            params,
+            pipe=pipe,
+            encoder=encoder,
+            upscaler=upscaler,
+            settings=settings,
+            report=forward,
+            cancel=cancel,
+        )
+    finally:
+        # A cancelled or failed run leaves its activations to the allocator's cache; hand them
+        # back so the next job (or another program) gets the memory. The models stay loaded.
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     extras.warnings.extend(log.warnings)
     extras.timings["passes"] = time.perf_counter() - started
     out_size = (out.shape[1], out.shape[0])
