@@ -71,14 +71,33 @@ def tiling_overhead() -> None:
 # -- 2. peak RSS -----------------------------------------------------------------------------
 
 
+def _make_input(megapixels: float, out_dir: Path) -> Path:
+    """A textured input for a ×2 run to ``megapixels``, built row-band by row-band in uint8."""
+    import numpy as np
+
+    from pipeline.images import save_image
+
+    src = out_dir / f"in-{megapixels:g}.png"
+    if src.exists():
+        return src
+    side = int((megapixels * 1e6) ** 0.5 / 2) // 8 * 8
+    img = np.empty((side, side, 3), np.uint8)
+    x = np.arange(side, dtype=np.uint32)
+    rng = np.random.default_rng(0)
+    for y in range(side):
+        img[y, :, 0] = x % 256
+        img[y, :, 1] = y % 256
+        img[y, :, 2] = ((x ^ y) % 256) | rng.integers(0, 16, side, dtype=np.uint32)
+    save_image(src, img)
+    return src
+
+
 def _rss_child(models: Path, megapixels: float, out_dir: Path) -> dict:
     """Runs in a fresh process: one creative run to a ``megapixels`` output."""
-    import numpy as np
     import torch
 
     import pipeline.creative as creative
     from pipeline.engine import EngineOptions, upscale_file
-    from pipeline.images import save_image
     from pipeline.params import UpscaleParams
     from pipeline.post import lanczos_resize
 
@@ -89,14 +108,7 @@ def _rss_child(models: Path, megapixels: float, out_dir: Path) -> dict:
         return lanczos_resize(image, (int(w * scale // 8 * 8), int(h * scale // 8 * 8)))
 
     creative.pre_upscale = lanczos_pre_upscale
-    side = int((megapixels * 1e6) ** 0.5 / 2) // 8 * 8
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:side, 0:side]
-    img = np.stack([xx % 256, yy % 256, (xx ^ yy) % 256], -1).astype(np.uint8)
-    img = np.clip(img + rng.integers(0, 16, img.shape), 0, 255).astype(np.uint8)
-    src = out_dir / f"in-{megapixels:g}.png"
-    save_image(src, img)
-    del img, yy, xx
+    src = _make_input(megapixels, out_dir)  # in the parent: its memory must not count here
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # One sampler step and 48×48 latent tiles: memory does not depend on either (the
     # attention over a 112×144 tile dominates a tiny model's time on a CPU, not its memory).
@@ -136,6 +148,7 @@ def peak_rss(models: Path, sizes: list[float]) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for mp in sizes:
+            _make_input(mp, Path(tmp))
             out = subprocess.run(
                 [sys.executable, "-m", "tests.bench.bench_creative", "--rss-child", str(mp),
                  "--models", str(models), "--tmp", tmp],
@@ -156,6 +169,7 @@ def peak_rss(models: Path, sizes: list[float]) -> None:
         ga, gb = a["peak_mib"] - a["base_mib"], b["peak_mib"] - b["base_mib"]
         grown = b["mp"] - a["mp"]
         print(f"\nOutput grew ×{b['mp'] / a['mp']:.1f}.")
+        print(f"Peak RSS per added output MP: {(b['peak_mib'] - a['peak_mib']) / grown:.1f} MiB.")
         over = gb / max(ga, 1)
         print(f"Peak RSS grew ×{b['peak_mib'] / a['peak_mib']:.2f}, over imports ×{over:.2f}.")
         print(f"A float32 canvas would have cost {12 * grown:.0f} MiB more; the uint8 images alone")
@@ -316,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-child", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--models", type=Path, help="a tiny models folder (built if omitted)")
     parser.add_argument("--tmp", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--only-rss", action="store_true", help="sections 1 and 2 only")
     args = parser.parse_args(argv)
     if args.rss_child:
         print(json.dumps(_rss_child(args.models, args.rss_child, args.tmp)))
@@ -330,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             models = Path(tmp) / "models"
             build_tiny_models(models)
         peak_rss(models, [float(s) for s in args.sizes.split(",")])
-        tile_steps(models, args.device)
+        if not args.only_rss:
+            tile_steps(models, args.device)
     if args.full:
         full_pass(args.device)
     return 0
