@@ -33,7 +33,7 @@ from PIL import Image, ImageFilter
 from pipeline import tiled_vae
 from pipeline.errors import Cancelled, ModelError, OutOfMemory, PipelineError
 from pipeline.multidiffusion import TiledDenoiser, TileOutOfMemory
-from pipeline.params import UpscaleParams
+from pipeline.params import UpscaleParams, floor8
 from pipeline.post import lanczos_resize
 from pipeline.preupscale import pre_upscale
 from pipeline.samplers import check_sampler, make_sampler
@@ -153,7 +153,7 @@ def _pre_upscale(image: np.ndarray, scale: float, model: object, *, wrap: bool, 
                       scale, model, **kw)  # fmt: skip
     kx, ky = big.shape[1] / (w + 2 * pad_x), big.shape[0] / (h + 2 * pad_y)
     box = (round(pad_x * kx), round(pad_y * ky), round((pad_x + w) * kx), round((pad_y + h) * ky))
-    size = (int(w * scale // 8 * 8), int(h * scale // 8 * 8))
+    size = (floor8(w * scale), floor8(h * scale))
     return lanczos_resize(big[box[1] : box[3], box[0] : box[2]], size)
 
 
@@ -183,7 +183,7 @@ def run_passes(
     sizes = []
     w, h = rgb.shape[1], rgb.shape[0]
     for scale, creativity, _seed in passes:
-        w, h = int(w * scale // 8 * 8), int(h * scale // 8 * 8)
+        w, h = floor8(w * scale), floor8(h * scale)
         sizes.append((w, h, creativity))
     clock = _Clock(sum(_pass_work(pw, ph, c, params) for pw, ph, c in sizes))
     current = rgb
