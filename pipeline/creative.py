@@ -31,6 +31,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from pipeline import tiled_vae
+from pipeline.engine import Progress
 from pipeline.errors import Cancelled, ModelError, OutOfMemory, PipelineError
 from pipeline.multidiffusion import TiledDenoiser, TileOutOfMemory
 from pipeline.params import UpscaleParams, floor8
@@ -39,7 +40,7 @@ from pipeline.preupscale import pre_upscale
 from pipeline.samplers import check_sampler, make_sampler
 from pipeline.tiling import TilePlan, plan_tiles
 
-__all__ = ["CreativeSettings", "Stage", "composite_mask", "latent_preview", "run_passes"]
+__all__ = ["CreativeSettings", "composite_mask", "latent_preview", "run_passes"]
 
 # Keturn's published least-squares fit from SD1.5 latents to RGB: a cheap live preview.
 _LATENT_RGB = torch.tensor(
@@ -68,19 +69,6 @@ class CreativeSettings:
     vae_encode_tile: int | None = 2048  # px, Clarity's
     vae_decode_tile: int | None = 128  # latent px, Clarity's
     sr_tile: int = 256  # ESRGAN tile, input px
-
-
-@dataclass(frozen=True)
-class Stage:
-    """What the passes report: the stage, a progress count, and for diffusion the tile and the
-    step, an ETA and a small preview."""
-
-    stage: str
-    done: int
-    total: int
-    message: str = ""
-    eta_s: float | None = None
-    preview: np.ndarray | None = None
 
 
 @dataclass
@@ -169,7 +157,7 @@ def run_passes(
     encoder: object,
     upscaler: object,
     settings: CreativeSettings,
-    report: Callable[[Stage], None],
+    report: Callable[[Progress], None],
     cancel: Callable[[], bool],
 ) -> tuple[np.ndarray, PassLog]:
     """All of Clarity's passes on an 8-bit RGB image; returns the final RGB and a log.
@@ -224,7 +212,7 @@ def run_passes(
                     "latent tiles (smaller tiles change the result slightly)"
                 )
                 log.warnings.append(message)
-                report(Stage("diffusion", 0, 0, message))
+                report(Progress("diffusion", 0, 0, message))
     return current, log
 
 
@@ -254,7 +242,7 @@ def _one_pass(
     pipe: object,
     upscaler: object,
     settings: CreativeSettings,
-    report: Callable[[Stage], None],
+    report: Callable[[Progress], None],
     cancel: Callable[[], bool],
     clock: _Clock,
     log: PassLog,
@@ -262,7 +250,7 @@ def _one_pass(
     label = f"pass {index + 1}/{count}" if count > 1 else ""
 
     def stage_report(stage: str) -> Callable[[int, int], None]:
-        return lambda done, total: report(Stage(stage, done, total, label))
+        return lambda done, total: report(Progress(stage, done, total, label))
 
     pre = _pre_upscale(
         image,
@@ -354,7 +342,7 @@ def _denoise(
     uncond: torch.Tensor,
     pipe: object,
     settings: CreativeSettings,
-    report: Callable[[Stage], None],
+    report: Callable[[Progress], None],
     cancel: Callable[[], bool],
     clock: _Clock,
     log: PassLog,
@@ -383,7 +371,7 @@ def _denoise(
         eta = clock.advance(tile_px * len(denoiser.plan.batches[done - 1]))
         tiles = f" · tiles {done}/{total}" if plan.tiled else ""
         message = f"{prefix}step {call + 1}/{total_calls}{tiles}"
-        report(Stage("diffusion", call, total_calls, message, eta_s=eta))
+        report(Progress("diffusion", call, total_calls, message, eta_s=eta))
 
     denoiser = TiledDenoiser(
         pipe.unet,
@@ -415,7 +403,11 @@ def _denoise(
                 preview = latent_preview(model_in)
             x = sampler.step(eps, t, x)
             message = f"{prefix}step {call + 1}/{total_calls}"
-            report(Stage("diffusion", call + 1, total_calls, message, clock.eta, preview=preview))
+            report(
+                Progress(
+                    "diffusion", call + 1, total_calls, message, preview=preview, eta_s=clock.eta
+                )
+            )
     log.model_calls += denoiser.stats.calls
     log.unet_latent_px += denoiser.stats.latent_px
     if not torch.isfinite(x).all():

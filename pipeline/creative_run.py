@@ -18,7 +18,6 @@ import torch
 
 from pipeline.creative import (
     CreativeSettings,
-    Stage,
     check_creative_params,
     composite_mask,
     lora_requests,
@@ -139,18 +138,6 @@ def upscale_creative(
     extras.timings["load_models"] = time.perf_counter() - started
     report(Progress("models", 1, 1, "models ready"))
 
-    def forward(stage: Stage) -> None:
-        report(
-            Progress(
-                stage.stage,
-                stage.done,
-                stage.total,
-                stage.message,
-                preview=stage.preview,
-                eta_s=stage.eta_s,
-            )
-        )
-
     started = time.perf_counter()
     rgb8 = _to_uint8(rgb)
     try:
@@ -161,7 +148,7 @@ def upscale_creative(
             encoder=encoder,
             upscaler=upscaler,
             settings=settings,
-            report=forward,
+            report=report,
             cancel=cancel,
         )
     finally:
