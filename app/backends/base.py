@@ -67,6 +67,9 @@ class ErrorKind(enum.StrEnum):
     worker_died = "worker_died"
     canceled = "canceled"
     internal = "internal"
+    # A submit got no answer on a provider without idempotency: it may or may not have been
+    # accepted (and billed). Never re-sent automatically; reconciled, or left to the person.
+    submit_unknown = "submit_unknown"
 
     @property
     def retryable(self) -> bool:
@@ -101,6 +104,9 @@ class Request:
     output: Path
     params: UpscaleParams
     options: Mapping[str, Any] = field(default_factory=dict)  # engine options (device, tile, cap)
+    # A remote backend's last checkpoint (see BackendEvent.remote) when the job resumes after a
+    # restart or a retry: the provider's job id and URLs, so it polls instead of submitting again.
+    resume: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,9 @@ class BackendEvent:
     message: str = ""
     preview_png: bytes | None = None  # a small PNG of the canvas, when the engine has one
     eta_s: float | None = None  # the backend's own estimate of the time left, when it has one
+    # A checkpoint of the remote job (JSON-safe): persisted by the controller *before* the
+    # backend goes on, and handed back as Request.resume after a restart.
+    remote: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +135,7 @@ class Outcome:
     warnings: tuple[str, ...] = ()
     remote_id: str | None = None
     cost: float | None = None
+    cost_unit: str = ""  # "credits", "usd", ... as the provider reports it
 
 
 Report = Callable[[BackendEvent], None]

@@ -1,0 +1,780 @@
+"""What every hosted provider has in common: submit, watch, download, never pay twice.
+
+:class:`RemoteBackend` runs one job through a provider's asynchronous HTTP protocol:
+
+1. **upload** the input (or inline it, or pass the person's URL);
+2. **submit** once. The checkpoint ``{"phase": "submitting", "key": ...}`` is reported (and
+   persisted by the controller) *before* the request leaves, so a crash mid-submit is known.
+   A submit that got no answer is re-sent only where the protocol makes that safe (an
+   idempotency key, a client-chosen id); elsewhere it is *reconciled* (``reconcile``) or the
+   job stops in ``submit-unknown`` for the person to decide;
+3. **watch** the job at the provider's cadence, every request paid for from the provider's
+   shared :class:`~app.backends.pacing.RequestBudget`. Network faults and 5xx on reads are
+   retried with backoff for as long as the result could still be fetched;
+4. **download** the moment the provider says done (links expire), keep the bytes as received,
+   then save the output atomically with its metadata.
+
+A provider module fills in the protocol: the parameter mapping (:meth:`map_params`, which
+refuses what the provider cannot express), ``submit``, ``poll``, and optionally ``fetch_result``,
+``cancel``, ``reconcile`` and ``send_input``. Resuming after a restart is the same ``run`` given
+the last checkpoint (``Request.resume``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+
+from app.backends import remote_io
+from app.backends.base import (
+    Backend,
+    BackendEvent,
+    ErrorKind,
+    JobError,
+    JobState,
+    Outcome,
+    Report,
+    Request,
+)
+from app.backends.pacing import PollCadence, RequestBudget, retry_hint
+from pipeline.errors import ImageError
+from pipeline.images import SourceInfo, probe_image
+from pipeline.params import UpscaleParams
+
+__all__ = [
+    "RemoteBackend",
+    "RemoteStatus",
+    "SubmitNoAnswer",
+    "Ticket",
+    "body_of",
+    "message_of",
+]
+
+log = logging.getLogger(__name__)
+
+BROWSER_USER_AGENT = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0 Safari/537.36"
+)
+_CONTENT_RULES = re.compile(
+    r"nsfw|content[ _-]?polic|safety|moderat|inappropriate|flagged|responsible ai|\brai\b",
+    re.I,
+)
+
+
+class SubmitNoAnswer(Exception):
+    """A submit may have reached the provider, but no answer says whether it was accepted."""
+
+
+@dataclass
+class Ticket:
+    """A remote job's checkpoint: everything needed to find it again after a restart.
+
+    ``phase``: ``submitting`` (a submit may be in flight), ``submitted`` (the provider has it),
+    ``done`` (its outputs are known; only the download is left)."""
+
+    phase: str
+    key: str  # unique per submission: the idempotency key or client-chosen id where supported
+    remote_id: str | None = None
+    urls: dict[str, str] = field(default_factory=dict)  # status, result, cancel, ...
+    outputs: list[str] = field(default_factory=list)
+    submitted_at: float | None = None  # wall clock, for retention arithmetic across restarts
+    running_at: float | None = None
+    done_at: float | None = None
+    cost: float | None = None
+    cost_unit: str = ""
+    seed: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # provider-specific
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "key": self.key,
+            "remote_id": self.remote_id,
+            "urls": dict(self.urls),
+            "outputs": list(self.outputs),
+            "submitted_at": self.submitted_at,
+            "running_at": self.running_at,
+            "done_at": self.done_at,
+            "cost": self.cost,
+            "cost_unit": self.cost_unit,
+            "seed": self.seed,
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Ticket:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def new(cls) -> Ticket:
+        return cls(phase="submitting", key=str(uuid.uuid4()))
+
+
+@dataclass(frozen=True)
+class RemoteStatus:
+    """A provider's answer about one job, in normalized form."""
+
+    state: JobState  # queued, running, succeeded, failed or canceled
+    raw: str = ""  # the provider's own status word
+    message: str = ""
+    progress: float | None = None  # 0…1 where the provider says
+    queue_position: int | None = None
+    outputs: tuple[str, ...] = ()
+    error: JobError | None = None
+    cost: float | None = None
+    cost_unit: str = ""
+    seed: int | None = None
+
+
+# --- reading error bodies ---------------------------------------------------------------------
+def body_of(response: httpx.Response) -> Any:
+    """The JSON body, or the text (never raises; providers send HTML and plain text too)."""
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        try:
+            return response.text
+        except UnicodeDecodeError:
+            return ""
+
+
+def message_of(body: Any, status: int | None = None) -> str:
+    """A short, plain message from any of the providers' error envelopes."""
+    if isinstance(body, Mapping):
+        for key in ("error", "detail", "message", "title"):
+            value = body.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+            if isinstance(value, Mapping):  # Stripe-style {"error": {"message": ...}}
+                inner = value.get("message") or value.get("code")
+                if inner:
+                    return str(inner)
+            if isinstance(value, list) and value:  # FastAPI [{loc, msg, type}]
+                parts = []
+                for item in value[:5]:
+                    if isinstance(item, Mapping):
+                        loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+                        parts.append(f"{loc}: {item.get('msg', '')}".strip(": "))
+                    else:
+                        parts.append(str(item))
+                return "; ".join(parts)
+        return ""
+    if isinstance(body, str):
+        text = body.strip()
+        if "<html" in text[:500].lower() or "<!doctype" in text[:500].lower():
+            title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
+            shown = f" ({title.group(1).strip()[:80]})" if title else ""
+            return f"an HTML error page{shown}"
+        return text[:300]
+    return ""
+
+
+def field_errors(body: Any) -> dict[str, list[str]]:
+    """Per-field validation errors, from Zod ``details`` or FastAPI ``detail`` lists."""
+    errors: dict[str, list[str]] = {}
+    if not isinstance(body, Mapping):
+        return errors
+    details = body.get("details")
+    if isinstance(details, Mapping):
+        for path, messages in details.items():
+            errors[str(path)] = [
+                str(m) for m in (messages if isinstance(messages, list) else [messages])
+            ]
+    detail = body.get("detail")
+    if isinstance(detail, list):
+        for item in detail:
+            if isinstance(item, Mapping):
+                loc = ".".join(str(p) for p in item.get("loc", []) if p not in ("body", "input"))
+                errors.setdefault(loc or "input", []).append(str(item.get("msg", "")))
+    return errors
+
+
+def is_content_rejection(message: str) -> bool:
+    return bool(_CONTENT_RULES.search(message or ""))
+
+
+# --- the template -----------------------------------------------------------------------------
+class RemoteBackend(Backend):
+    """One hosted provider. Subclasses set the class attributes and the protocol methods."""
+
+    name: ClassVar[str] = ""  # the backend name: "segmind", "fal", ...
+    label: ClassVar[str] = ""  # how people call the provider: "Segmind"
+    models: ClassVar[tuple[str, ...]] = ()  # the models it can run; the first is the default
+    default_base_url: ClassVar[str] = ""  # scheme and host, as the vendor documents it
+    key_envs: ClassVar[tuple[str, ...]] = ()  # environment variables that hold the key
+    needs_key: ClassVar[bool] = True
+    idempotent_submit: ClassVar[bool] = False  # a re-sent submit cannot create a second job
+    can_cancel: ClassVar[bool] = False
+    submit_5xx_safe: ClassVar[bool] = False  # a 5xx answer to a submit proves nothing was made
+    cadence: ClassVar[PollCadence] = PollCadence(1.0)
+    budget_limit: ClassVar[tuple[int, float]] = (60, 60.0)  # requests per window (seconds)
+    retention: ClassVar[float] = 3600.0  # how long the provider keeps a job's record
+    default_concurrency: ClassVar[int] = 4
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        model: str | None = None,
+        budget: RequestBudget | None = None,
+        cadence: PollCadence | None = None,
+        concurrency: int | None = None,
+        max_wait: float = 3 * 3600.0,
+        retry_base: float = 0.5,
+        retry_for: float = 15 * 60.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.client = client
+        self.base_url = (base_url or self.default_base_url).rstrip("/")
+        self.api_key = api_key or None
+        if model is not None and self.models and model not in self.models:
+            raise ValueError(
+                f"{self.label} has no model {model!r}; choose one of: {', '.join(self.models)}"
+            )
+        self.model = model or (self.models[0] if self.models else "")
+        limit, window = self.budget_limit
+        self.budget = budget or RequestBudget(limit, window)
+        self.poll_cadence = cadence or self.cadence
+        self.concurrency = concurrency or self.default_concurrency
+        self.max_wait = max_wait
+        self.retry_base = retry_base
+        self.retry_for = retry_for  # how long reads are retried through network faults
+        self._sleep = sleep
+        self.polls = 0  # status requests made, for the benchmark
+
+    # --- what a provider module provides ----------------------------------------------------
+    def auth_headers(self) -> dict[str, str]:
+        return {}
+
+    def map_params(self, params: UpscaleParams) -> dict[str, Any]:
+        """The provider's fields for ``params`` (without the image); raise
+        ``JobError(ErrorKind.invalid_request, ...)`` for anything it cannot express."""
+        raise NotImplementedError
+
+    async def send_input(self, image: remote_io.InputFile) -> str:
+        """How the input reaches the provider: a data URL by default; override to upload."""
+        return image.data_url()
+
+    async def submit(
+        self, fields: dict[str, Any], image: str, mask: str | None, ticket: Ticket
+    ) -> Ticket:
+        """Send the job; return ``ticket`` filled with the remote id and URLs. Raise
+        :class:`SubmitNoAnswer` (via :meth:`http`) when it is unknown whether it was accepted."""
+        raise NotImplementedError
+
+    async def poll(self, ticket: Ticket) -> RemoteStatus:
+        raise NotImplementedError
+
+    async def fetch_result(self, ticket: Ticket, status: RemoteStatus) -> RemoteStatus:
+        """Called once the provider says done and ``status.outputs`` is empty."""
+        return status
+
+    async def cancel(self, ticket: Ticket) -> bool:
+        """Ask the provider to stop the job; True if it will."""
+        return False
+
+    async def reconcile(self, ticket: Ticket, fields: dict[str, Any], image: str) -> Ticket | None:
+        """After a submit with no answer: find the job at the provider if it exists. Returns the
+        filled ticket, or None when that cannot be known."""
+        return None
+
+    def classify(self, response: httpx.Response, *, during: str) -> JobError:
+        """Turn an error response into a JobError; ``during`` is submit, poll, result, upload,
+        cancel or download. Providers refine the general rules."""
+        return self.general_error(response, during=during)
+
+    # --- shared error rules -----------------------------------------------------------------
+    def general_error(self, response: httpx.Response, *, during: str) -> JobError:
+        code = response.status_code
+        body = body_of(response)
+        text = self.scrub(message_of(body, code)) or f"HTTP {code}"
+        who = self.label
+        details: dict[str, Any] = {"http_status": code}
+        if code in (401, 403):
+            return JobError(
+                ErrorKind.auth,
+                f"{who} refused the API key ({text}). Check the key in the settings, or set "
+                f"{self.key_envs[0] if self.key_envs else 'it'} in the environment.",
+                details=details,
+            )
+        if code == 402:
+            return JobError(
+                ErrorKind.insufficient_funds,
+                f"{who} says your credits are insufficient ({text}).",
+                details=details,
+            )
+        if code == 404 and during in ("poll", "result", "download"):
+            return JobError(
+                ErrorKind.expired,
+                f"{who} no longer has this job ({text}); its record expired before the result "
+                "was downloaded.",
+                details=details,
+            )
+        if code in (400, 404, 405, 409, 413, 422):
+            fields = field_errors(body)
+            if fields:
+                details["fields"] = fields
+            return JobError(
+                ErrorKind.invalid_request, f"{who} refused the request: {text}", details=details
+            )
+        if code == 410:
+            return JobError(
+                ErrorKind.model_failed,
+                f"{who} has retired this model ({text}).",
+                details=details,
+            )
+        if code == 429:
+            return JobError(
+                ErrorKind.rate_limited,
+                f"{who} is rate-limiting requests ({text}).",
+                retry_after=retry_hint(response.headers, body),
+                details=details,
+            )
+        if code >= 500:
+            return JobError(
+                ErrorKind.transient,
+                f"{who} had a server error (HTTP {code}: {text}).",
+                details=details,
+            )
+        return JobError(
+            ErrorKind.protocol,
+            f"{who} answered unexpectedly (HTTP {code}: {text}).",
+            details=details,
+        )
+
+    def failed(self, message: str, **details: Any) -> JobError:
+        """A job the provider ran and failed: model_failed, or content_rejected by its rules."""
+        message = self.scrub(message) or "no reason given"
+        kind = (
+            ErrorKind.content_rejected if is_content_rejection(message) else ErrorKind.model_failed
+        )
+        prefix = "rejected the content" if kind is ErrorKind.content_rejected else "failed the job"
+        return JobError(kind, f"{self.label} {prefix}: {message}", details=details)
+
+    def protocol_error(self, what: str, body: Any = None) -> JobError:
+        shown = json.dumps(body)[:200] if isinstance(body, dict | list) else str(body or "")[:200]
+        return JobError(
+            ErrorKind.protocol,
+            f"{self.label} answered in an unexpected way: {what}",
+            details={"body": self.scrub(shown)},
+        )
+
+    def scrub(self, text: str) -> str:
+        """Never let the key into a message, a log or the history."""
+        if self.api_key and text:
+            text = text.replace(self.api_key, "***")
+        return text
+
+    # --- HTTP with pacing and retries -------------------------------------------------------
+    def url(self, path_or_url: str) -> str:
+        if path_or_url.startswith(("http://", "https://")):
+            return path_or_url
+        return self.base_url + "/" + path_or_url.lstrip("/")
+
+    async def http(
+        self,
+        method: str,
+        url: str,
+        *,
+        during: str,
+        safe: bool | None = None,
+        auth: bool = True,
+        paced: bool = True,
+        ok: tuple[int, ...] = (),
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One request to the provider, paced and retried as its rules allow.
+
+        ``safe``: whether re-sending cannot create a second job (default: everything but POST;
+        a submit passes ``safe=self.idempotent_submit``). Network faults and 5xx on safe requests
+        are retried with backoff for ``retry_for`` seconds; on an unsafe request a fault after
+        the request was sent raises :class:`SubmitNoAnswer`. 429 is honoured everywhere (the
+        provider refused, so nothing was made) and pauses the whole budget. Any status in
+        ``ok`` or below 400 is returned; other errors raise via :meth:`classify`."""
+        safe = method.upper() != "POST" if safe is None else safe
+        headers = {**(self.auth_headers() if auth else {}), **kwargs.pop("headers", {})}
+        target = self.url(url)
+        started = time.monotonic()
+        failures = 0
+        while True:
+            try:
+                async with self.budget.slot() if paced else contextlib.nullcontext():
+                    response = await self.client.request(method, target, headers=headers, **kwargs)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                # Nothing reached the provider: always safe to try again.
+                failures += 1
+                if time.monotonic() - started > self.retry_for:
+                    raise JobError(
+                        ErrorKind.transient,
+                        f"cannot reach {self.label} ({type(exc).__name__}); check the network",
+                    ) from None
+                await self._backoff(failures)
+                continue
+            except httpx.TransportError as exc:
+                if not safe:
+                    raise SubmitNoAnswer(f"{type(exc).__name__}: {exc}") from exc
+                failures += 1
+                if time.monotonic() - started > self.retry_for:
+                    raise JobError(
+                        ErrorKind.transient,
+                        f"{self.label} keeps dropping the connection ({type(exc).__name__})",
+                    ) from None
+                await self._backoff(failures)
+                continue
+            code = response.status_code
+            if code < 400 or code in ok:
+                return response
+            if code == 429:
+                failures += 1
+                hint = retry_hint(response.headers, body_of(response))
+                wait = hint if hint is not None else self._backoff_delay(failures)
+                self.budget.pause_for(wait)
+                if time.monotonic() - started + wait > max(self.retry_for, 60.0):
+                    raise self.classify(response, during=during)
+                log.info("%s: rate limited, waiting %.1f s", self.label, wait)
+                continue  # the budget holds the next request until the pause ends
+            if code >= 500 and code != 501:
+                if safe or self.submit_5xx_safe:
+                    failures += 1
+                    limit = self.retry_for if safe else 3
+                    if (safe and time.monotonic() - started < limit) or (
+                        not safe and failures < limit
+                    ):
+                        await self._backoff(failures)
+                        continue
+                    raise self.classify(response, during=during)
+                raise SubmitNoAnswer(f"HTTP {code}: {message_of(body_of(response))[:120]}")
+            raise self.classify(response, during=during)
+
+    def _backoff_delay(self, failures: int) -> float:
+        delay = min(60.0, self.retry_base * 2 ** (failures - 1))
+        return delay * (0.75 + random.random() / 2)
+
+    async def _backoff(self, failures: int) -> None:
+        await self._sleep(self._backoff_delay(failures))
+
+    async def json_of(self, response: httpx.Response) -> Any:
+        body = body_of(response)
+        if not isinstance(body, dict | list):
+            raise self.protocol_error(f"expected JSON, got {message_of(body) or 'an empty body'}")
+        return body
+
+    # --- running a job ----------------------------------------------------------------------
+    def check_ready(self) -> None:
+        if self.needs_key and not self.api_key:
+            env = " or ".join(self.key_envs) if self.key_envs else "the key"
+            raise JobError(
+                ErrorKind.auth,
+                f"No API key for {self.label}. Add it in the settings, run "
+                f"`clarifier keys set {self.name}`, or set {env}.",
+            )
+
+    async def run(self, request: Request, report: Report) -> Outcome:
+        self.check_ready()
+        fields = self.map_params(request.params)
+        ticket = Ticket.from_dict(request.resume) if request.resume else None
+        started = time.monotonic()
+        timings: dict[str, float] = {}
+        try:
+            if ticket is None:
+                ticket = await self._submit(request, report, fields, timings)
+            elif ticket.phase == "submitting":
+                ticket = await self._recover_submit(request, report, fields, ticket)
+            if ticket.phase == "submitted":
+                ticket = await self._wait(ticket, report)
+            t = time.monotonic()
+            outcome = await self._finish(request, report, ticket)
+            timings["download"] = time.monotonic() - t
+        except asyncio.CancelledError:
+            raise JobError(ErrorKind.canceled, await self._cancel_remote(ticket)) from None
+        if ticket.submitted_at and ticket.done_at:
+            timings["remote"] = max(0.0, ticket.done_at - ticket.submitted_at)
+        if ticket.submitted_at and ticket.running_at:
+            timings["queued"] = max(0.0, ticket.running_at - ticket.submitted_at)
+        timings["total"] = time.monotonic() - started
+        return replace(outcome, timings={**timings, **outcome.timings})
+
+    async def _input_ref(self, request: Request) -> tuple[str, str | None]:
+        url = request.options.get("input_url")
+        if url:
+            image = str(url)
+        else:
+            try:
+                data = await asyncio.to_thread(remote_io.prepare_input, Path(request.input))
+            except ImageError as exc:
+                raise JobError(ErrorKind.invalid_request, str(exc)) from None
+            image = await self.send_input(data)
+        mask = request.params.mask
+        if mask and not mask.startswith(("http://", "https://", "data:")):
+            try:
+                mask_file = await asyncio.to_thread(remote_io.prepare_input, Path(mask))
+            except ImageError as exc:
+                raise JobError(ErrorKind.invalid_request, f"mask: {exc}") from None
+            mask = await self.send_input(mask_file)
+        return image, mask
+
+    async def _submit(
+        self, request: Request, report: Report, fields: dict[str, Any], timings: dict[str, float]
+    ) -> Ticket:
+        t = time.monotonic()
+        report(BackendEvent(state=JobState.uploading, stage=f"sending to {self.label}"))
+        image, mask = await self._input_ref(request)
+        timings["upload"] = time.monotonic() - t
+        ticket = Ticket.new()
+        # What was sent, so a submit with no answer can be matched at the provider later.
+        ticket.extra["image"] = image if len(image) < 2048 else ""
+        ticket.extra["image_sha256"] = hashlib.sha256(image.encode()).hexdigest()
+        # Persisted before the request leaves: after a crash we know a submit may have gone.
+        report(
+            BackendEvent(
+                state=JobState.submitting,
+                stage=f"submitting to {self.label}",
+                remote=ticket.to_dict(),
+            )
+        )
+        return await self._send(request, report, fields, image, mask, ticket)
+
+    async def _send(
+        self,
+        request: Request,
+        report: Report,
+        fields: dict[str, Any],
+        image: str,
+        mask: str | None,
+        ticket: Ticket,
+    ) -> Ticket:
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                ticket = await self.submit(fields, image, mask, ticket)
+                break
+            except SubmitNoAnswer as exc:
+                if self.idempotent_submit and tries < 6:
+                    log.info(
+                        "%s: no answer to submit (%s); re-sending with the same key",
+                        self.label,
+                        exc,
+                    )
+                    await self._backoff(tries)
+                    continue
+                found = await self.reconcile(ticket, fields, image)
+                if found is None:
+                    raise self._unknown(ticket, str(exc)) from None
+                ticket = found
+                break
+        ticket.phase = "submitted"
+        ticket.submitted_at = ticket.submitted_at or time.time()
+        report(
+            BackendEvent(
+                state=JobState.queued,
+                stage=f"queued at {self.label}",
+                message=f"queued at {self.label}",
+                remote=ticket.to_dict(),
+            )
+        )
+        return ticket
+
+    def _unknown(self, ticket: Ticket, why: str) -> JobError:
+        return JobError(
+            ErrorKind.submit_unknown,
+            f"{self.label} did not answer the submit ({self.scrub(why)}), so it may or may not "
+            f"have accepted and billed this job. Clarifier did not send it again. Check your "
+            f"{self.label} account; retrying sends it again.",
+            details={"remote": ticket.to_dict()},
+        )
+
+    async def _recover_submit(
+        self, request: Request, report: Report, fields: dict[str, Any], ticket: Ticket
+    ) -> Ticket:
+        """A restart found a submit that may have been sent: re-send only where that is safe."""
+        if self.idempotent_submit:
+            image, mask = await self._input_ref(request)
+            return await self._send(request, report, fields, image, mask, ticket)
+        found = await self.reconcile(ticket, fields, ticket.extra.get("image", ""))
+        if found is None:
+            raise self._unknown(ticket, "Clarifier stopped while the submit was in flight")
+        found.phase = "submitted"
+        found.submitted_at = found.submitted_at or time.time()
+        report(BackendEvent(state=JobState.queued, remote=found.to_dict()))
+        return found
+
+    async def _wait(self, ticket: Ticket, report: Report) -> Ticket:
+        deadline = (ticket.submitted_at or time.time()) + self.max_wait
+        last_state: JobState | None = None
+        for interval in self.poll_cadence.intervals():
+            status = await self.poll(ticket)
+            self.polls += 1
+            if status.state in (JobState.queued, JobState.running):
+                if status.state is JobState.running and ticket.running_at is None:
+                    ticket.running_at = time.time()
+                self._report_status(report, status, ticket if status.state != last_state else None)
+                last_state = status.state
+            elif status.state is JobState.succeeded:
+                if not status.outputs:
+                    status = await self.fetch_result(ticket, status)
+                if not status.outputs:
+                    raise JobError(
+                        ErrorKind.model_failed,
+                        f"{self.label} finished the job but returned no image.",
+                    )
+                ticket.phase = "done"
+                ticket.outputs = list(status.outputs)
+                ticket.done_at = time.time()
+                ticket.running_at = ticket.running_at or ticket.done_at
+                ticket.cost = status.cost if status.cost is not None else ticket.cost
+                ticket.cost_unit = status.cost_unit or ticket.cost_unit
+                ticket.seed = status.seed if status.seed is not None else ticket.seed
+                report(
+                    BackendEvent(
+                        state=JobState.downloading,
+                        stage="downloading",
+                        message=f"downloading from {self.label}",
+                        remote=ticket.to_dict(),
+                    )
+                )
+                return ticket
+            elif status.state is JobState.failed:
+                raise status.error or self.failed(status.message)
+            elif status.state is JobState.canceled:
+                raise JobError(
+                    ErrorKind.canceled, status.message or f"{self.label} canceled the job"
+                )
+            if time.time() > deadline:
+                raise JobError(
+                    ErrorKind.timeout,
+                    f"{self.label} has not finished after {self.max_wait / 60:.0f} minutes; the "
+                    f"job may still complete there (request {ticket.remote_id}).",
+                )
+            await self._sleep(interval)
+        raise AssertionError("unreachable")
+
+    def _report_status(self, report: Report, status: RemoteStatus, ticket: Ticket | None) -> None:
+        if status.state is JobState.queued:
+            where = f"queued at {self.label}"
+            if status.queue_position is not None:
+                where += f" (position {status.queue_position})"
+            report(
+                BackendEvent(
+                    state=JobState.queued,
+                    stage=where,
+                    message=status.message or where,
+                    remote=None if ticket is None else ticket.to_dict(),
+                )
+            )
+            return
+        done = round(100 * status.progress) if status.progress is not None else 0
+        report(
+            BackendEvent(
+                state=JobState.running,
+                stage=f"running at {self.label}",
+                done=done,
+                total=100 if status.progress is not None else 0,
+                message=status.message or f"running at {self.label}",
+                remote=None if ticket is None else ticket.to_dict(),
+            )
+        )
+
+    async def download(self, url: str) -> bytes:
+        """Fetch an output file. Override for providers whose CDN needs a special path."""
+        if url.startswith("data:"):
+            return remote_io.decode_data_url(url)
+        response = await self.http(
+            "GET", url, during="download", auth=self.url(url).startswith(self.base_url), paced=False
+        )
+        return response.content
+
+    async def _finish(self, request: Request, report: Report, ticket: Ticket) -> Outcome:
+        stash = remote_io.stash_path(Path(request.output), request.job_id)
+        if stash.exists():
+            data = await asyncio.to_thread(stash.read_bytes)
+        else:
+            try:
+                data = await self.download(ticket.outputs[0])
+            except JobError as err:
+                if err.kind in (ErrorKind.expired, ErrorKind.auth, ErrorKind.invalid_request):
+                    raise JobError(
+                        ErrorKind.expired,
+                        f"{self.label} finished the job, but its result link no longer works "
+                        f"({err.message}); the result is lost.",
+                    ) from None
+                raise
+            await asyncio.to_thread(remote_io.stash, Path(request.output), request.job_id, data)
+        params = request.params
+        if ticket.seed is not None and ticket.seed != params.seed:
+            with contextlib.suppress(Exception):
+                params = params.replace(seed=ticket.seed)
+        source = await asyncio.to_thread(_probe_quietly, Path(request.input))
+        try:
+            saved = await asyncio.to_thread(
+                remote_io.save_output,
+                data,
+                Path(request.output),
+                params,
+                engine=f"{self.name}/{self.model}" if self.model else self.name,
+                models={"remote": self.model} if self.model else {},
+                source=source,
+            )
+        except ImageError as exc:
+            raise JobError(
+                ErrorKind.protocol,
+                f"{self.label}'s result could not be saved ({exc}); the file as received is kept "
+                f"at {stash}.",
+            ) from None
+        remote_io.remove_quietly(stash)
+        return Outcome(
+            output=saved.path,
+            info=saved.info.to_dict(),
+            warnings=saved.warnings,
+            remote_id=ticket.remote_id,
+            cost=ticket.cost,
+            cost_unit=ticket.cost_unit,
+        )
+
+    async def _cancel_remote(self, ticket: Ticket | None) -> str:
+        if ticket is None or ticket.phase == "done":
+            return "canceled"
+        if ticket.remote_id is None:
+            return (
+                f"canceled while submitting; {self.label} may have received the job, and may "
+                "still run and bill it"
+            )
+        if not self.can_cancel:
+            return (
+                f"Stopped watching. {self.label} has no way to cancel a job, so it may still "
+                "finish and bill your account."
+            )
+        try:
+            async with asyncio.timeout(15):
+                accepted = await self.cancel(ticket)
+        except (JobError, SubmitNoAnswer, TimeoutError, httpx.HTTPError) as exc:
+            log.warning("%s: cancel failed: %s", self.label, exc)
+            accepted = False
+        if accepted:
+            return f"canceled at {self.label}"
+        return f"Stopped watching; {self.label} did not confirm the cancel, so it may still bill."
+
+
+def _probe_quietly(path: Path) -> SourceInfo | None:
+    try:
+        return probe_image(path) if os.path.exists(path) else None
+    except ImageError:
+        return None
