@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -18,13 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from app.backends.base import JobState
+from app.backends.base import JobError, JobState
+from app.cli_jobs import add_jobs_parser, add_keys_parser, cmd_jobs, cmd_keys, open_history
 from app.cli_models import UsageError as ModelsUsageError
 from app.cli_models import add_models_parser, cmd_models, model_dirs_from
 from app.cli_progress import ProgressLine
 from app.jobs import Job, JobController, JobEvent
+from app.jobs.providers import ProviderPool
 from app.store.presets import PresetError, PresetStore, read_preset_file
-from app.store.settings import Settings, load_settings
+from app.store.settings import load_settings
 from pipeline import __version__
 from pipeline.errors import ImageError, ParamsError
 from pipeline.images import SUPPORTED_SUFFIXES, read_parameters_text
@@ -80,7 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="set any parameter (see `clarifier params`); repeatable",
     )
     up.add_argument("--preset", metavar="NAME|FILE", help="start from a preset")
-    up.add_argument("--backend", default="local", choices=_BACKENDS, help="where to run")
+    up.add_argument(
+        "--backend",
+        default="local",
+        choices=_BACKENDS,
+        help="where to run: the local engine or a hosted provider (its API key comes from the "
+        "keyring, see `clarifier keys`, or the provider's environment variable)",
+    )
+    up.add_argument(
+        "--model",
+        default="",
+        metavar="NAME",
+        help="the provider's model, where it has several (segmind: clarity-upscaler, "
+        "clarityai-creative-upscaler, clarityai-flux-upscaler)",
+    )
     up.add_argument("--seed", metavar="N", help="seed, or 'random'")
     up.add_argument(
         "--json",
@@ -118,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("params", help="list every parameter with its default and range")
     sub.add_parser("presets", help="list the presets")
     add_models_parser(sub)
+    add_keys_parser(sub)
+    add_jobs_parser(sub)
     return parser
 
 
@@ -290,14 +308,21 @@ def _human_line(record: dict[str, Any]) -> str:
 
 
 # --- running ----------------------------------------------------------------------------------
-def _make_backends(name: str) -> dict[str, Any]:
-    if name != "local":
-        raise UsageError(
-            f"the {name} backend is not available in this version; use --backend local"
-        )
-    from app.backends.local import LocalBackend
-
-    return {"local": LocalBackend()}
+def check_backend(pool: ProviderPool, backend: str, model: str) -> str | None:
+    """What stops every image on this backend before it starts (unknown model, no key)."""
+    if backend == "local":
+        return None
+    try:
+        instance = pool.get(backend, model)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    check = getattr(instance, "check_ready", None)
+    if check is not None:
+        try:
+            check()
+        except JobError as err:
+            return err.message
+    return None
 
 
 async def run_items(
@@ -309,8 +334,11 @@ async def run_items(
     json_out: bool,
     progress: ProgressLine | None,
     out: TextIO,
+    pool: ProviderPool | None = None,
+    model: str = "",
 ) -> int:
-    controller = JobController(_make_backends(backend))
+    store = open_history()
+    controller = JobController(pool or ProviderPool(), store=store)
     jobs: dict[int, Job] = {}
     interrupted = False
     ordered = [i for i in items if i.output is not None and i.error is None]
@@ -340,7 +368,7 @@ async def run_items(
             assert item.output is not None
             item.output.parent.mkdir(parents=True, exist_ok=True)
             jobs[index] = controller.submit(
-                item.input, item.output, params, backend=backend, options=options
+                item.input, item.output, params, backend=backend, model=model, options=options
             )
 
     loop = asyncio.get_running_loop()
@@ -355,6 +383,8 @@ async def run_items(
             await controller.join()
         finally:
             await controller.aclose()
+            if store is not None:
+                store.close()
             if progress:
                 progress.finish()
     if interrupted:
@@ -387,11 +417,11 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.max_output_mp is not None or args.device or args.tile is not None:
         try:
-            settings = Settings(
+            settings = dataclasses.replace(
+                settings,
                 max_output_megapixels=args.max_output_mp or settings.max_output_megapixels,
                 device=args.device or settings.device,
                 tile=args.tile if args.tile is not None else settings.tile,
-                model_dirs=settings.model_dirs,
             ).validate()
         except ValueError as exc:
             raise UsageError(str(exc)) from None
@@ -405,6 +435,11 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         if check.missing:
             print(f"clarifier: {missing_message(check.missing, check.searched)}", file=sys.stderr)
             return EXIT_FAILED
+    pool = ProviderPool(settings)
+    problem = check_backend(pool, args.backend, args.model)
+    if problem is not None:  # say it once, not once per image
+        print(f"clarifier: {problem}", file=sys.stderr)
+        return EXIT_FAILED
     # One seed for the whole batch, so a batch is reproducible from any one of its outputs.
     params = params.with_resolved_seed()
     show_progress = not args.no_progress and sys.stderr.isatty()
@@ -418,6 +453,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             json_out=args.json,
             progress=progress,
             out=sys.stdout,
+            pool=pool,
+            model=args.model,
         )
     )
 
@@ -463,6 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "params": cmd_params,
         "presets": cmd_presets,
         "models": cmd_models,
+        "keys": cmd_keys,
+        "jobs": cmd_jobs,
     }
     if args.command is None:
         parser.print_help()

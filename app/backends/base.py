@@ -146,6 +146,9 @@ class Backend(ABC):
 
     name: str = ""
     concurrency: int = 1  # how many jobs the controller may run on it at once
+    # Set when the app quits with jobs in flight: a cancellation then only stops watching (the
+    # jobs resume next start) and must not cancel anything at the provider.
+    detached: bool = False
 
     @abstractmethod
     async def run(self, request: Request, report: Report) -> Outcome:

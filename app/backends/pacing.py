@@ -158,9 +158,10 @@ def retry_hint(
 ) -> float | None:
     """How long a provider asked us to wait, in seconds, from whichever hint it gave.
 
-    Read in order: ``Retry-After`` (seconds or HTTP date), Segmind's ``x-rate-limit-reset-at-utc``,
-    ``X-RateLimit-Reset`` (epoch) when ``X-RateLimit-Remaining`` is 0 or absent, a ``retryAfter``
-    epoch in a JSON body (Wireflow), then a "resets in ~30s" sentence (Replicate)."""
+    Read from any of: ``Retry-After`` (seconds or HTTP date), Segmind's
+    ``x-rate-limit-reset-at-utc``, ``X-RateLimit-Reset`` (epoch) when ``X-RateLimit-Remaining`` is
+    0 or absent, a ``retryAfter`` epoch in a JSON body (Wireflow); else a "resets in ~30s"
+    sentence (Replicate)."""
     now_wall = time.time() if now_wall is None else now_wall
     lowered = {k.lower(): v for k, v in headers.items()}
     candidates: list[str] = []
@@ -174,10 +175,11 @@ def retry_hint(
         for key in ("retryAfter", "retry_after"):
             if body.get(key) is not None:
                 candidates.append(str(body[key]))
-    for candidate in candidates:
-        seconds = _parse_when(candidate, now_wall)
-        if seconds is not None:
-            return max(0.0, min(seconds, 3600.0))
+    # The longest wins: a 429 may carry both a request-window reset and a later
+    # execution-window one (Wireflow), and going early only earns another 429.
+    waits = [w for w in (_parse_when(c, now_wall) for c in candidates) if w is not None]
+    if waits:
+        return max(0.0, min(max(waits), 3600.0))
     text = ""
     if isinstance(body, Mapping):
         text = " ".join(str(body.get(k, "")) for k in ("detail", "error", "message"))

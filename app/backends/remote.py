@@ -56,6 +56,7 @@ from pipeline.images import SourceInfo, probe_image
 from pipeline.params import UpscaleParams
 
 __all__ = [
+    "BROWSER_USER_AGENT",
     "RemoteBackend",
     "RemoteStatus",
     "SubmitNoAnswer",
@@ -123,7 +124,8 @@ class Ticket:
 
     @classmethod
     def new(cls) -> Ticket:
-        return cls(phase="submitting", key=str(uuid.uuid4()))
+        # created_at lets a provider tell when its idempotency window (Apiframe: 24 h) is over.
+        return cls(phase="submitting", key=str(uuid.uuid4()), extra={"created_at": time.time()})
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class RemoteStatus:
     cost: float | None = None
     cost_unit: str = ""
     seed: int | None = None
+    next_poll: float | None = None  # seconds; a provider may ask to be polled less (long queue)
 
 
 # --- reading error bodies ---------------------------------------------------------------------
@@ -287,8 +290,9 @@ class RemoteBackend(Backend):
         """Called once the provider says done and ``status.outputs`` is empty."""
         return status
 
-    async def cancel(self, ticket: Ticket) -> bool:
-        """Ask the provider to stop the job; True if it will."""
+    async def cancel(self, ticket: Ticket) -> bool | str:
+        """Ask the provider to stop the job: True if it will; False if it did not confirm; or a
+        message saying what happened instead (e.g. it had already finished, and billed)."""
         return False
 
     async def reconcile(self, ticket: Ticket, fields: dict[str, Any], image: str) -> Ticket | None:
@@ -441,6 +445,12 @@ class RemoteBackend(Backend):
                 continue
             code = response.status_code
             if code < 400 or code in ok:
+                if response.headers.get("x-ratelimit-remaining", "").strip() == "0":
+                    # The window is used up: hold everyone until it resets, not just until the
+                    # next request earns a 429.
+                    hint = retry_hint(response.headers)
+                    if hint:
+                        self.budget.pause_for(hint)
                 return response
             if code == 429:
                 failures += 1
@@ -493,9 +503,10 @@ class RemoteBackend(Backend):
         ticket = Ticket.from_dict(request.resume) if request.resume else None
         started = time.monotonic()
         timings: dict[str, float] = {}
+        pending: list[Ticket] = []  # the ticket of a submit in flight, for a cancel's message
         try:
             if ticket is None:
-                ticket = await self._submit(request, report, fields, timings)
+                ticket = await self._submit(request, report, fields, timings, pending)
             elif ticket.phase == "submitting":
                 ticket = await self._recover_submit(request, report, fields, ticket)
             if ticket.phase == "submitted":
@@ -504,7 +515,12 @@ class RemoteBackend(Backend):
             outcome = await self._finish(request, report, ticket)
             timings["download"] = time.monotonic() - t
         except asyncio.CancelledError:
-            raise JobError(ErrorKind.canceled, await self._cancel_remote(ticket)) from None
+            if self.detached:
+                raise  # the app is quitting; the job resumes from its checkpoint next time
+            ticket = ticket or (pending[-1] if pending else None)
+            message, final = await self._cancel_remote(ticket)
+            # remote_final: the provider's job is over, so a Retry must not resume it.
+            raise JobError(ErrorKind.canceled, message, details={"remote_final": final}) from None
         if ticket.submitted_at and ticket.done_at:
             timings["remote"] = max(0.0, ticket.done_at - ticket.submitted_at)
         if ticket.submitted_at and ticket.running_at:
@@ -532,13 +548,19 @@ class RemoteBackend(Backend):
         return image, mask
 
     async def _submit(
-        self, request: Request, report: Report, fields: dict[str, Any], timings: dict[str, float]
+        self,
+        request: Request,
+        report: Report,
+        fields: dict[str, Any],
+        timings: dict[str, float],
+        pending: list[Ticket],
     ) -> Ticket:
         t = time.monotonic()
         report(BackendEvent(state=JobState.uploading, stage=f"sending to {self.label}"))
         image, mask = await self._input_ref(request)
         timings["upload"] = time.monotonic() - t
         ticket = Ticket.new()
+        pending.append(ticket)
         # What was sent, so a submit with no answer can be matched at the provider later.
         ticket.extra["image"] = image if len(image) < 2048 else ""
         ticket.extra["image_sha256"] = hashlib.sha256(image.encode()).hexdigest()
@@ -607,6 +629,11 @@ class RemoteBackend(Backend):
     ) -> Ticket:
         """A restart found a submit that may have been sent: re-send only where that is safe."""
         if self.idempotent_submit:
+            # The same body as the first time (a fresh upload would change the image URL, and
+            # an idempotency key replayed with a different body is refused).
+            first = ticket.extra.get("image")
+            if first and not request.params.mask:
+                return await self._send(request, report, fields, first, None, ticket)
             image, mask = await self._input_ref(request)
             return await self._send(request, report, fields, image, mask, ticket)
         found = await self.reconcile(ticket, fields, ticket.extra.get("image", ""))
@@ -656,7 +683,9 @@ class RemoteBackend(Backend):
                 raise status.error or self.failed(status.message)
             elif status.state is JobState.canceled:
                 raise JobError(
-                    ErrorKind.canceled, status.message or f"{self.label} canceled the job"
+                    ErrorKind.canceled,
+                    status.message or f"{self.label} canceled the job",
+                    details={"remote_final": True},
                 )
             if time.time() > deadline:
                 raise JobError(
@@ -664,7 +693,7 @@ class RemoteBackend(Backend):
                     f"{self.label} has not finished after {self.max_wait / 60:.0f} minutes; the "
                     f"job may still complete there (request {ticket.remote_id}).",
                 )
-            await self._sleep(interval)
+            await self._sleep(max(interval, status.next_poll or 0.0))
         raise AssertionError("unreachable")
 
     def _report_status(self, report: Report, status: RemoteStatus, ticket: Ticket | None) -> None:
@@ -749,28 +778,37 @@ class RemoteBackend(Backend):
             cost_unit=ticket.cost_unit,
         )
 
-    async def _cancel_remote(self, ticket: Ticket | None) -> str:
+    async def _cancel_remote(self, ticket: Ticket | None) -> tuple[str, bool]:
+        """Stop the job at the provider where it can; the message says what that means for the
+        person's account, and the flag whether the provider's job is over for good."""
         if ticket is None or ticket.phase == "done":
-            return "canceled"
+            return "canceled", False
         if ticket.remote_id is None:
             return (
                 f"canceled while submitting; {self.label} may have received the job, and may "
-                "still run and bill it"
+                "still run and bill it",
+                False,
             )
         if not self.can_cancel:
             return (
                 f"Stopped watching. {self.label} has no way to cancel a job, so it may still "
-                "finish and bill your account."
+                "finish and bill your account; Retry picks it up again.",
+                False,
             )
         try:
             async with asyncio.timeout(15):
-                accepted = await self.cancel(ticket)
+                answer = await self.cancel(ticket)
         except (JobError, SubmitNoAnswer, TimeoutError, httpx.HTTPError) as exc:
             log.warning("%s: cancel failed: %s", self.label, exc)
-            accepted = False
-        if accepted:
-            return f"canceled at {self.label}"
-        return f"Stopped watching; {self.label} did not confirm the cancel, so it may still bill."
+            answer = False
+        if isinstance(answer, str):
+            return answer, False
+        if answer:
+            return f"canceled at {self.label}", True
+        return (
+            f"Stopped watching; {self.label} did not confirm the cancel, so it may still bill.",
+            False,
+        )
 
 
 def _probe_quietly(path: Path) -> SourceInfo | None:

@@ -30,6 +30,12 @@ class Settings:
     tile: int | None = None  # pre-upscaler tile size in pixels; None = chosen for the device
     model_dirs: tuple[str, ...] = field(default_factory=tuple)  # extra folders to find models in
     output_dir: str = ""  # the window's default output folder; empty = next to the input
+    # Per remote provider (by backend name): base URL (scheme and host, as the vendor documents
+    # it; CLARIFIER_<NAME>_BASE_URL overrides), requests per minute allowed by the person's plan,
+    # and how many jobs may run there at once. Missing entries use the provider's defaults.
+    provider_urls: dict[str, str] = field(default_factory=dict)
+    provider_rpm: dict[str, int] = field(default_factory=dict)
+    provider_concurrency: dict[str, int] = field(default_factory=dict)
 
     @property
     def max_output_pixels(self) -> int:
@@ -51,6 +57,13 @@ class Settings:
             )
         if self.tile is not None and not (32 <= self.tile <= 4096):
             raise ValueError(f"tile must be between 32 and 4096 pixels, not {self.tile}")
+        for name, url in self.provider_urls.items():
+            if not str(url).startswith(("http://", "https://")):
+                raise ValueError(f"the {name} URL must start with http:// or https://, not {url!r}")
+        for table in ("provider_rpm", "provider_concurrency"):
+            for name, value in getattr(self, table).items():
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"{table}[{name!r}] must be a positive whole number")
         return self
 
 

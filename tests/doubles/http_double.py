@@ -303,6 +303,17 @@ class LoopbackDouble:
         with self.lock:
             self._cdn.pop(token, None)
 
+    def cdn_lookup(self, url: str) -> bytes | None:
+        """The bytes behind one of this double's CDN URLs, if it still serves them."""
+        parts = urllib.parse.urlsplit(url).path.split("/")
+        if len(parts) < 3 or parts[1] != "cdn":
+            return None
+        with self.lock:
+            found = self._cdn.get(parts[2])
+        if found is None or (found[2] is not None and self.clock.now() > found[2]):
+            return None
+        return found[0]
+
     def cdn_refuse(self, req: Req) -> Resp | None:
         """A double's own CDN rule (Wireflow's user-agent block); None serves the file."""
         return None
@@ -402,32 +413,10 @@ class LoopbackDouble:
                     body=body,
                 )
                 fault = double._take_fault(req.method, req.path)
-                status: int | None = None
-                try:
-                    if fault is not None and fault.kind == "drop_before":
-                        self._drop()
-                        return
-                    if fault is not None and fault.kind == "delay":
-                        time.sleep(fault.delay)
-                    if fault is not None and fault.kind == "respond" and fault.response:
-                        resp = fault.response
-                    else:
-                        try:
-                            resp = double.dispatch(req)
-                        except Exception as exc:  # noqa: BLE001 - a double bug shows as a 500, not a hang
-                            resp = Resp.json(500, {"error": f"double crashed: {exc!r}"})
-                    if fault is not None and fault.kind == "drop_after":
-                        self._drop()
-                        return
-                    status = resp.status
-                    self.send_response(resp.status)
-                    for key, value in resp.headers.items():
-                        self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(resp.body)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(resp.body)
-                finally:
+
+                def record(status: int | None) -> None:
+                    # Logged before the client can see an answer (or a dropped connection), so
+                    # a test that asserts right after its request finds it in the log.
                     seen = Seen(
                         req.method,
                         req.path,
@@ -441,11 +430,40 @@ class LoopbackDouble:
                     with double.lock:
                         double.log.append(seen)
 
+                if fault is not None and fault.kind == "drop_before":
+                    record(None)
+                    self._drop()
+                    return
+                if fault is not None and fault.kind == "delay":
+                    time.sleep(fault.delay)
+                if fault is not None and fault.kind == "respond" and fault.response:
+                    resp = fault.response
+                else:
+                    try:
+                        resp = double.dispatch(req)
+                    except Exception as exc:  # noqa: BLE001 - a double bug shows as a 500
+                        resp = Resp.json(500, {"error": f"double crashed: {exc!r}"})
+                if fault is not None and fault.kind == "drop_after":
+                    record(None)
+                    self._drop()
+                    return
+                record(resp.status)
+                self.send_response(resp.status)
+                for key, value in resp.headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(resp.body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(resp.body)
+
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _handle
 
         server = _Server(("127.0.0.1", 0), _Handler)
         threading.Thread(
-            target=server.serve_forever, daemon=True, name=f"{self.name}-double"
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},  # a quick shutdown keeps test teardown short
+            daemon=True,
+            name=f"{self.name}-double",
         ).start()
         self._server = server
         self.url = f"http://127.0.0.1:{server.server_address[1]}"

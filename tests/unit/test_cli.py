@@ -96,7 +96,7 @@ def test_a_single_output_file_sets_the_format(tmp_path: Path) -> None:
         (["--scale", "40"], "scale_factor = 40.0"),
         (["--seed", "-3"], "seed = -3"),
         (["--preset", "Nope"], "no preset called 'Nope'"),
-        (["--backend", "segmind"], "not available"),
+        (["--backend", "segmind", "--model", "nope"], "Segmind has no model 'nope'"),
         (["--tile", "5"], "tile must be between"),
     ],
 )
