@@ -1,8 +1,9 @@
 """A self-hosted Cog server: Clarity (or any model with its inputs) on your own GPU box.
 
 Cog's HTTP API has no polling. ``PUT /predictions/{id}`` with ``Prefer: respond-async`` answers
-202 and reports progress only through webhooks, so the backend runs a small webhook listener on
-127.0.0.1 (an ephemeral port, started on first use) and passes it with every prediction. When
+202 and reports progress only through webhooks, so the backend runs a small webhook listener
+(:mod:`app.backends.webhooks`) on 127.0.0.1 (an ephemeral port, started on first use) and passes
+it with every prediction. When
 the server is elsewhere (its webhooks could not reach this machine's loopback), or ``sync=True``,
 it sends a plain synchronous ``PUT`` that answers when the image is done instead. If webhooks
 turn out not to arrive (a server in Docker without host networking), the backend notices,
@@ -18,19 +19,19 @@ memory until saved, never written into a checkpoint.
 
 The server runs one prediction at a time by default: a busy server answers 409, and the job
 waits, queued, until ``/health-check`` says READY.
+
+Clarity's inputs and outputs are defined once, in :mod:`app.backends.clarity_inputs`, shared
+with the Replicate backend, which hosts the same model.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
-import json
 import logging
-import secrets
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,9 +40,7 @@ import httpx
 
 from app.backends import remote_io
 from app.backends.base import BackendEvent, ErrorKind, JobError, JobState, Outcome, Report, Request
-from app.backends.pacing import PollCadence
-from app.backends.remote import RemoteBackend, RemoteStatus, Ticket, body_of
-from app.backends.replicate import (
+from app.backends.clarity_inputs import (
     CLARITY_MODEL,
     clarity_input,
     effective_params,
@@ -51,6 +50,9 @@ from app.backends.replicate import (
     outputs_of,
     progress_of,
 )
+from app.backends.pacing import PollCadence
+from app.backends.remote import RemoteBackend, RemoteStatus, Ticket, body_of
+from app.backends.webhooks import WebhookListener
 from pipeline.params import UpscaleParams, random_seed
 
 __all__ = ["CogBackend"]
@@ -61,7 +63,6 @@ EVENTS = ["start", "output", "logs", "completed"]
 _HELD = "cog-held:"  # an output held in memory, in place of a data URL in the checkpoint
 _TERMINAL = ("succeeded", "failed", "canceled")
 _WHO = "Your Cog server"  # the label, at the start of a sentence
-_BODY_LIMIT = 1 << 30  # a data-URL output of a 64 MP PNG is a few hundred MB at most
 
 
 @dataclass
@@ -90,86 +91,6 @@ class _Run:
         self.latest = dict(state)
         self.version += 1
         self.changed.set()
-
-
-class _Listener:
-    """A minimal HTTP/1.1 server for Cog's webhooks: ``POST /{token}/{key}/{run}``.
-
-    The random token in the path keeps other local processes from posting fake results."""
-
-    def __init__(self, deliver: Callable[[str, int, dict[str, Any]], None]) -> None:
-        self._deliver = deliver
-        self._token = secrets.token_urlsafe(16)
-        self._server: asyncio.Server | None = None
-        self.url = ""
-
-    async def start(self) -> str:
-        if self._server is None:
-            self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=1 << 16)
-            port = self._server.sockets[0].getsockname()[1]
-            self.url = f"http://127.0.0.1:{port}/{self._token}"
-        return self.url
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-            self._server = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while await self._one(reader, writer):
-                pass
-        except (
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-            ConnectionError,
-            ValueError,
-        ):
-            pass  # a broken request: drop the connection
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        head = await reader.readuntil(b"\r\n\r\n")
-        line, *rest = head.decode("latin-1").split("\r\n")
-        method, target, _ = [*line.split(" ", 2), "", ""][:3]
-        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in rest)}
-        length = int(headers.get("content-length") or 0)
-        if length > _BODY_LIMIT or "chunked" in headers.get("transfer-encoding", "").lower():
-            # Cog's clients send a length. Without one, the webhook is refused, and the run
-            # goes unheard: the backend then falls back to synchronous requests.
-            await _answer(writer, 413 if length else 411, close=True)
-            return False
-        body = await reader.readexactly(length)
-        parts = urllib.parse.urlsplit(target).path.strip("/").split("/")
-        code = 404
-        if method == "POST" and len(parts) == 3 and parts[0] == self._token:
-            try:
-                payload = json.loads(body)
-                run = int(parts[2])
-            except ValueError:
-                code = 400
-            else:
-                if isinstance(payload, dict):
-                    self._deliver(urllib.parse.unquote(parts[1]), run, payload)
-                    code = 200
-        keep = headers.get("connection", "").lower() != "close"
-        await _answer(writer, code, close=not keep)
-        return keep
-
-
-async def _answer(writer: asyncio.StreamWriter, code: int, *, close: bool) -> None:
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 411: "Length Required"}.get(
-        code, "Payload Too Large"
-    )
-    connection = "close" if close else "keep-alive"
-    head = f"HTTP/1.1 {code} {reason}\r\nContent-Length: 0\r\nConnection: {connection}\r\n\r\n"
-    writer.write(head.encode())
-    await writer.drain()
 
 
 def _is_loopback(url: str) -> bool:
@@ -221,7 +142,7 @@ class CogBackend(RemoteBackend):
         self.busy_poll = busy_poll
         self._runs: dict[str, _Run] = {}
         self._held: dict[str, str] = {}
-        self._listener = _Listener(self._on_webhook)
+        self._listener = WebhookListener(self._on_webhook)
         self._listener_lock = asyncio.Lock()
         self._schema: tuple[str | None, dict[str, Any] | None] | None = None
         self._server_instance: str | None = None  # the server's setup time, as last seen

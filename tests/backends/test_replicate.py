@@ -13,9 +13,10 @@ from PIL import Image
 
 from app.backends import remote_io
 from app.backends.base import ErrorKind, JobError, JobState, Request
+from app.backends.clarity_inputs import clarity_input
 from app.backends.pacing import PollCadence, retry_hint
 from app.backends.remote import Ticket
-from app.backends.replicate import ReplicateBackend, clarity_input
+from app.backends.replicate import ReplicateBackend
 from pipeline.images import read_run_info
 from pipeline.params import UpscaleParams
 from tests.doubles.http_double import Resp, Scenario, VirtualClock, WindowLimiter, until

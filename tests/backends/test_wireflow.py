@@ -12,7 +12,8 @@ import pytest
 
 from app.backends.base import ErrorKind, JobError, JobState, Request
 from app.backends.pacing import PollCadence, RequestBudget
-from app.backends.wireflow import WireflowBackend, fallback_spec, find_node, node_config
+from app.backends.wireflow import WireflowBackend
+from app.backends.wireflow_graph import fallback_spec, find_node, node_config
 from pipeline.images import read_run_info
 from pipeline.params import UpscaleParams
 from tests.doubles.http_double import Resp, Scenario, tiny_png, until
