@@ -13,6 +13,7 @@ import pytest
 _HOME = Path(tempfile.mkdtemp(prefix="clarifier-test-home-"))
 os.environ["CLARIFIER_HOME"] = str(_HOME)
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"  # never the real keyring
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 for _name in ("CLARIFIER_CACHE_DIR", "CLARIFIER_DATA_DIR", "CLARIFIER_CONFIG_DIR"):
     os.environ.pop(_name, None)

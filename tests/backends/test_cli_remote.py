@@ -1,0 +1,79 @@
+"""``clarifier upscale --backend X`` end to end: the real CLI, provider pool, controller and
+history, against each provider's loopback double, configured only through the environment
+(an API key and a base URL), as a person would."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from app.cli import main
+from app.store.history import HistoryStore
+from pipeline.images import read_run_info
+from tests.doubles.http_double import Scenario
+
+# backend → (double module, class, key variable, key, model)
+CASES = {
+    "segmind": (
+        "segmind",
+        "SegmindDouble",
+        "SEGMIND_API_KEY",
+        "SG_0123456789abcdef",
+        "clarity-upscaler",
+    ),
+    "apiframe": ("apiframe", "ApiframeDouble", "CLARIFIER_APIFRAME_API_KEY", "afk_test", ""),
+    "wireflow": ("wireflow", "WireflowDouble", "CLARIFIER_WIREFLOW_API_KEY", "sk-test", ""),
+    "replicate": ("replicate", "ReplicateDouble", "REPLICATE_API_TOKEN", "r8_test_token", ""),
+    "fal": ("fal", "FalDouble", "FAL_KEY", "fal-test-id:fal-test-secret", ""),
+}
+
+
+def _photo(path: Path) -> Path:
+    Image.new("RGB", (40, 32), (90, 140, 60)).save(path)
+    return path
+
+
+@pytest.fixture
+def provider(request, monkeypatch):
+    name = request.param
+    module, cls, env, key, model = CASES[name]
+    double = getattr(importlib.import_module(f"tests.doubles.{module}"), cls)()
+    double.default_scenario = Scenario(queue_s=0.0, run_s=0.2)
+    with double:
+        monkeypatch.setenv(env, key)
+        monkeypatch.setenv(f"CLARIFIER_{name.upper()}_BASE_URL", double.url)
+        monkeypatch.setenv(f"CLARIFIER_{name.upper()}_RPM", "6000")  # the doubles' plans allow it
+        if name == "fal":
+            monkeypatch.setenv("CLARIFIER_FAL_STORAGE_URL", double.url)
+        yield name, model, double
+
+
+@pytest.mark.parametrize("provider", sorted(CASES), indirect=True)
+def test_upscale_through_a_provider_with_only_a_key(provider, tmp_path: Path, capsys) -> None:
+    name, model, _double = provider
+    photo = _photo(tmp_path / "photo.jpg")
+    args = ["upscale", str(photo), "--backend", name, "-o", str(tmp_path / "out"), "--seed", "42"]
+    if model:
+        args += ["--model", model]
+    assert main([*args, "--no-progress"]) == 0, capsys.readouterr().err
+    output = tmp_path / "out" / "photo.png"
+    info = read_run_info(output)
+    assert info is not None and info.engine.startswith(f"{name}/") and info.params.seed == 42
+    assert info.source_size == (40, 32)
+    runs = HistoryStore().list(backend=name, limit=5)
+    assert runs and runs[0].state == "succeeded" and runs[0].remote_id
+    assert runs[0].output == str(output)
+
+
+def test_a_missing_key_is_said_once_before_anything_runs(tmp_path, capsys, monkeypatch) -> None:
+    for name in ("SEGMIND_API_KEY", "CLARIFIER_SEGMIND_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    photos = [str(_photo(tmp_path / f"p{i}.png")) for i in range(3)]
+    code = main(["upscale", *photos, "--backend", "segmind", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("No API key for Segmind") == 1
+    assert "SEGMIND_API_KEY" in err and "clarifier keys set segmind" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
