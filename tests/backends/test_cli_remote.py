@@ -66,6 +66,13 @@ def test_upscale_through_a_provider_with_only_a_key(provider, tmp_path: Path, ca
     runs = HistoryStore().list(backend=name, limit=5)
     assert runs and runs[0].state == "succeeded" and runs[0].remote_id
     assert runs[0].output == str(output)
+    # The key is nowhere: not in the output, the history database, or anything printed.
+    key = CASES[name][3].encode()
+    history = HistoryStore().path
+    stored = b"".join(p.read_bytes() for p in history.parent.glob(history.name + "*"))
+    printed = capsys.readouterr()
+    assert key not in output.read_bytes() and key not in stored
+    assert CASES[name][3] not in printed.out + printed.err
 
 
 def test_a_missing_key_is_said_once_before_anything_runs(tmp_path, capsys, monkeypatch) -> None:

@@ -33,6 +33,8 @@ from PIL import Image
 
 from app.backends.base import ErrorKind, JobError, JobState, Request
 from app.backends.cog import CogBackend
+from app.cli import main
+from app.store.history import HistoryStore
 from pipeline.images import read_run_info
 from pipeline.params import UpscaleParams
 from tests.doubles.http_double import until
@@ -462,3 +464,16 @@ def test_a_server_restart_mid_prediction_runs_it_again(
     assert first.runs("done") == [4242]  # only the second server finished it
     # Webhooks: the heartbeat saw a new server (its setup time); sync: the request was re-sent.
     assert sync or "restarted and lost the prediction" in caplog.text
+
+
+def test_the_cli_runs_through_a_cog_server_given_only_its_url(
+    server, photo, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("CLARIFIER_COG_BASE_URL", server.url)
+    out = tmp_path / "out"
+    code = main(["upscale", str(photo), "--backend", "cog", "-o", str(out), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    info = read_run_info(out / "in.png")
+    assert info is not None and info.engine.startswith("cog/") and info.output_size == (24, 20)
+    [run] = HistoryStore().list(backend="cog", limit=1)
+    assert run.state == "succeeded" and run.remote_id
