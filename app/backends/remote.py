@@ -17,7 +17,9 @@
 A provider module fills in the protocol: the parameter mapping (:meth:`map_params`, which
 refuses what the provider cannot express), ``submit``, ``poll``, and optionally ``fetch_result``,
 ``cancel``, ``reconcile`` and ``send_input``. Resuming after a restart is the same ``run`` given
-the last checkpoint (``Request.resume``).
+the last checkpoint (``Request.resume``). A provider whose protocol does not fit (Segmind's v1
+sync call, Cog's webhooks) may override ``run`` and build it from ``_input_ref``, ``_send``,
+``_wait``, ``_finish``, ``_unknown`` and ``_cancel_remote``, which keep the same guarantees.
 """
 
 from __future__ import annotations
@@ -143,6 +145,7 @@ class RemoteStatus:
     cost_unit: str = ""
     seed: int | None = None
     next_poll: float | None = None  # seconds; a provider may ask to be polled less (long queue)
+    extra: Mapping[str, Any] = field(default_factory=dict)  # kept in the checkpoint (metrics)
 
 
 # --- reading error bodies ---------------------------------------------------------------------
@@ -670,6 +673,7 @@ class RemoteBackend(Backend):
                 ticket.cost = status.cost if status.cost is not None else ticket.cost
                 ticket.cost_unit = status.cost_unit or ticket.cost_unit
                 ticket.seed = status.seed if status.seed is not None else ticket.seed
+                ticket.extra.update(status.extra)
                 report(
                     BackendEvent(
                         state=JobState.downloading,
