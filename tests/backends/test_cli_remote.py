@@ -4,6 +4,7 @@ history, against each provider's loopback double, configured only through the en
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from pathlib import Path
 
@@ -11,9 +12,13 @@ import pytest
 from PIL import Image
 
 from app.cli import main
+from app.jobs import JobController, JobState
+from app.jobs.providers import ProviderPool
 from app.store.history import HistoryStore
 from pipeline.images import read_run_info
-from tests.doubles.http_double import Scenario
+from pipeline.params import UpscaleParams
+from tests.doubles.http_double import Scenario, until
+from tests.doubles.segmind import SegmindDouble
 
 # backend → (double module, class, key variable, key, model)
 CASES = {
@@ -84,3 +89,37 @@ def test_a_missing_key_is_said_once_before_anything_runs(tmp_path, capsys, monke
     assert code == 1 and err.count("No API key for Segmind") == 1
     assert "SEGMIND_API_KEY" in err and "clarifier keys set segmind" in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_jobs_resume_finishes_what_an_interrupted_session_left(tmp_path, capsys, monkeypatch):
+    """A session quits while Segmind runs the job; `clarifier jobs resume` downloads it later,
+    without a second submit; `jobs list` shows it with its request id."""
+    with SegmindDouble() as double:
+        double.default_scenario = Scenario(queue_s=0.0, run_s=1.5)
+        env = {
+            "SEGMIND_API_KEY": CASES["segmind"][3],
+            "CLARIFIER_SEGMIND_BASE_URL": double.url,
+            "CLARIFIER_SEGMIND_RPM": "6000",
+        }
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        photo = _photo(tmp_path / "photo.png")
+
+        async def first_session():
+            controller = JobController(ProviderPool(), store=HistoryStore())
+            job = controller.submit(
+                photo, tmp_path / "out.png", UpscaleParams(seed=5), backend="segmind"
+            )
+            await until(lambda: job.state in (JobState.queued, JobState.running) and job.remote_id)
+            await controller.detach()
+            return job.id
+
+        job_id = asyncio.run(first_session())
+        assert HistoryStore().get(job_id).state in ("queued", "running")
+        assert main(["jobs", "resume"]) == 0
+        out = capsys.readouterr().out
+        assert "ok" in out and (tmp_path / "out.png").exists()
+        assert double.count("POST", "^/v2/clarity-upscaler$") == 1
+        assert main(["jobs", "list"]) == 0
+        listed = capsys.readouterr().out
+        assert job_id[:10] in listed and HistoryStore().get(job_id).remote_id in listed
