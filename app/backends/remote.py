@@ -27,11 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import os
-import random
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -52,7 +49,9 @@ from app.backends.base import (
     Report,
     Request,
 )
-from app.backends.pacing import PollCadence, RequestBudget, retry_hint
+from app.backends.pacing import PollCadence, RequestBudget
+from app.backends.remote_errors import body_of, field_errors, is_content_rejection, message_of
+from app.backends.remote_http import ProviderHttp, SubmitNoAnswer
 from pipeline.errors import ImageError
 from pipeline.images import SourceInfo, probe_image
 from pipeline.params import UpscaleParams
@@ -64,6 +63,8 @@ __all__ = [
     "SubmitNoAnswer",
     "Ticket",
     "body_of",
+    "field_errors",
+    "is_content_rejection",
     "message_of",
 ]
 
@@ -73,14 +74,6 @@ BROWSER_USER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/131.0 Safari/537.36"
 )
-_CONTENT_RULES = re.compile(
-    r"nsfw|content[ _-]?polic|safety|moderat|inappropriate|flagged|responsible ai|\brai\b",
-    re.I,
-)
-
-
-class SubmitNoAnswer(Exception):
-    """A submit may have reached the provider, but no answer says whether it was accepted."""
 
 
 @dataclass
@@ -148,86 +141,16 @@ class RemoteStatus:
     extra: Mapping[str, Any] = field(default_factory=dict)  # kept in the checkpoint (metrics)
 
 
-# --- reading error bodies ---------------------------------------------------------------------
-def body_of(response: httpx.Response) -> Any:
-    """The JSON body, or the text (never raises; providers send HTML and plain text too)."""
-    try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-        try:
-            return response.text
-        except UnicodeDecodeError:
-            return ""
-
-
-def message_of(body: Any, status: int | None = None) -> str:
-    """A short, plain message from any of the providers' error envelopes."""
-    if isinstance(body, Mapping):
-        for key in ("error", "detail", "message", "title"):
-            value = body.get(key)
-            if isinstance(value, str) and value.strip():
-                return value.strip()
-            if isinstance(value, Mapping):  # Stripe-style {"error": {"message": ...}}
-                inner = value.get("message") or value.get("code")
-                if inner:
-                    return str(inner)
-            if isinstance(value, list) and value:  # FastAPI [{loc, msg, type}]
-                parts = []
-                for item in value[:5]:
-                    if isinstance(item, Mapping):
-                        loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
-                        parts.append(f"{loc}: {item.get('msg', '')}".strip(": "))
-                    else:
-                        parts.append(str(item))
-                return "; ".join(parts)
-        return ""
-    if isinstance(body, str):
-        text = body.strip()
-        if "<html" in text[:500].lower() or "<!doctype" in text[:500].lower():
-            title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
-            shown = f" ({title.group(1).strip()[:80]})" if title else ""
-            return f"an HTML error page{shown}"
-        return text[:300]
-    return ""
-
-
-def field_errors(body: Any) -> dict[str, list[str]]:
-    """Per-field validation errors, from Zod ``details`` or FastAPI ``detail`` lists."""
-    errors: dict[str, list[str]] = {}
-    if not isinstance(body, Mapping):
-        return errors
-    details = body.get("details")
-    if isinstance(details, Mapping):
-        for path, messages in details.items():
-            errors[str(path)] = [
-                str(m) for m in (messages if isinstance(messages, list) else [messages])
-            ]
-    detail = body.get("detail")
-    if isinstance(detail, list):
-        for item in detail:
-            if isinstance(item, Mapping):
-                loc = ".".join(str(p) for p in item.get("loc", []) if p not in ("body", "input"))
-                errors.setdefault(loc or "input", []).append(str(item.get("msg", "")))
-    return errors
-
-
-def is_content_rejection(message: str) -> bool:
-    return bool(_CONTENT_RULES.search(message or ""))
-
-
 # --- the template -----------------------------------------------------------------------------
-class RemoteBackend(Backend):
+class RemoteBackend(ProviderHttp, Backend):
     """One hosted provider. Subclasses set the class attributes and the protocol methods."""
 
     name: ClassVar[str] = ""  # the backend name: "segmind", "fal", ...
-    label: ClassVar[str] = ""  # how people call the provider: "Segmind"
     models: ClassVar[tuple[str, ...]] = ()  # the models it can run; the first is the default
     default_base_url: ClassVar[str] = ""  # scheme and host, as the vendor documents it
-    key_envs: ClassVar[tuple[str, ...]] = ()  # environment variables that hold the key
     needs_key: ClassVar[bool] = True
     idempotent_submit: ClassVar[bool] = False  # a re-sent submit cannot create a second job
     can_cancel: ClassVar[bool] = False
-    submit_5xx_safe: ClassVar[bool] = False  # a 5xx answer to a submit proves nothing was made
     cadence: ClassVar[PollCadence] = PollCadence(1.0)
     budget_limit: ClassVar[tuple[int, float]] = (60, 60.0)  # requests per window (seconds)
     retention: ClassVar[float] = 3600.0  # how long the provider keeps a job's record
@@ -267,9 +190,6 @@ class RemoteBackend(Backend):
         self.polls = 0  # status requests made, for the benchmark
 
     # --- what a provider module provides ----------------------------------------------------
-    def auth_headers(self) -> dict[str, str]:
-        return {}
-
     def map_params(self, params: UpscaleParams) -> dict[str, Any]:
         """The provider's fields for ``params`` (without the image); raise
         ``JobError(ErrorKind.invalid_request, ...)`` for anything it cannot express."""
@@ -302,193 +222,6 @@ class RemoteBackend(Backend):
         """After a submit with no answer: find the job at the provider if it exists. Returns the
         filled ticket, or None when that cannot be known."""
         return None
-
-    def classify(self, response: httpx.Response, *, during: str) -> JobError:
-        """Turn an error response into a JobError; ``during`` is submit, poll, result, upload,
-        cancel or download. Providers refine the general rules."""
-        return self.general_error(response, during=during)
-
-    # --- shared error rules -----------------------------------------------------------------
-    def general_error(self, response: httpx.Response, *, during: str) -> JobError:
-        code = response.status_code
-        body = body_of(response)
-        text = self.scrub(message_of(body, code)) or f"HTTP {code}"
-        who = self.label
-        details: dict[str, Any] = {"http_status": code}
-        if code in (401, 403):
-            return JobError(
-                ErrorKind.auth,
-                f"{who} refused the API key ({text}). Check the key in the settings, or set "
-                f"{self.key_envs[0] if self.key_envs else 'it'} in the environment.",
-                details=details,
-            )
-        if code == 402:
-            return JobError(
-                ErrorKind.insufficient_funds,
-                f"{who} says your credits are insufficient ({text}).",
-                details=details,
-            )
-        if code == 404 and during in ("poll", "result", "download"):
-            return JobError(
-                ErrorKind.expired,
-                f"{who} no longer has this job ({text}); its record expired before the result "
-                "was downloaded.",
-                details=details,
-            )
-        if code in (400, 404, 405, 409, 413, 422):
-            fields = field_errors(body)
-            if fields:
-                details["fields"] = fields
-            return JobError(
-                ErrorKind.invalid_request, f"{who} refused the request: {text}", details=details
-            )
-        if code == 410:
-            return JobError(
-                ErrorKind.model_failed,
-                f"{who} has retired this model ({text}).",
-                details=details,
-            )
-        if code == 429:
-            return JobError(
-                ErrorKind.rate_limited,
-                f"{who} is rate-limiting requests ({text}).",
-                retry_after=retry_hint(response.headers, body),
-                details=details,
-            )
-        if code >= 500:
-            return JobError(
-                ErrorKind.transient,
-                f"{who} had a server error (HTTP {code}: {text}).",
-                details=details,
-            )
-        return JobError(
-            ErrorKind.protocol,
-            f"{who} answered unexpectedly (HTTP {code}: {text}).",
-            details=details,
-        )
-
-    def failed(self, message: str, **details: Any) -> JobError:
-        """A job the provider ran and failed: model_failed, or content_rejected by its rules."""
-        message = self.scrub(message) or "no reason given"
-        kind = (
-            ErrorKind.content_rejected if is_content_rejection(message) else ErrorKind.model_failed
-        )
-        prefix = "rejected the content" if kind is ErrorKind.content_rejected else "failed the job"
-        return JobError(kind, f"{self.label} {prefix}: {message}", details=details)
-
-    def protocol_error(self, what: str, body: Any = None) -> JobError:
-        shown = json.dumps(body)[:200] if isinstance(body, dict | list) else str(body or "")[:200]
-        return JobError(
-            ErrorKind.protocol,
-            f"{self.label} answered in an unexpected way: {what}",
-            details={"body": self.scrub(shown)},
-        )
-
-    def scrub(self, text: str) -> str:
-        """Never let the key into a message, a log or the history."""
-        if self.api_key and text:
-            text = text.replace(self.api_key, "***")
-        return text
-
-    # --- HTTP with pacing and retries -------------------------------------------------------
-    def url(self, path_or_url: str) -> str:
-        if path_or_url.startswith(("http://", "https://")):
-            return path_or_url
-        return self.base_url + "/" + path_or_url.lstrip("/")
-
-    async def http(
-        self,
-        method: str,
-        url: str,
-        *,
-        during: str,
-        safe: bool | None = None,
-        auth: bool = True,
-        paced: bool = True,
-        ok: tuple[int, ...] = (),
-        **kwargs: Any,
-    ) -> httpx.Response:
-        """One request to the provider, paced and retried as its rules allow.
-
-        ``safe``: whether re-sending cannot create a second job (default: everything but POST;
-        a submit passes ``safe=self.idempotent_submit``). Network faults and 5xx on safe requests
-        are retried with backoff for ``retry_for`` seconds; on an unsafe request a fault after
-        the request was sent raises :class:`SubmitNoAnswer`. 429 is honoured everywhere (the
-        provider refused, so nothing was made) and pauses the whole budget. Any status in
-        ``ok`` or below 400 is returned; other errors raise via :meth:`classify`."""
-        safe = method.upper() != "POST" if safe is None else safe
-        headers = {**(self.auth_headers() if auth else {}), **kwargs.pop("headers", {})}
-        target = self.url(url)
-        started = time.monotonic()
-        failures = 0
-        while True:
-            try:
-                async with self.budget.slot() if paced else contextlib.nullcontext():
-                    response = await self.client.request(method, target, headers=headers, **kwargs)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                # Nothing reached the provider: always safe to try again.
-                failures += 1
-                if time.monotonic() - started > self.retry_for:
-                    raise JobError(
-                        ErrorKind.transient,
-                        f"cannot reach {self.label} ({type(exc).__name__}); check the network",
-                    ) from None
-                await self._backoff(failures)
-                continue
-            except httpx.TransportError as exc:
-                if not safe:
-                    raise SubmitNoAnswer(f"{type(exc).__name__}: {exc}") from exc
-                failures += 1
-                if time.monotonic() - started > self.retry_for:
-                    raise JobError(
-                        ErrorKind.transient,
-                        f"{self.label} keeps dropping the connection ({type(exc).__name__})",
-                    ) from None
-                await self._backoff(failures)
-                continue
-            code = response.status_code
-            if code < 400 or code in ok:
-                if response.headers.get("x-ratelimit-remaining", "").strip() == "0":
-                    # The window is used up: hold everyone until it resets, not just until the
-                    # next request earns a 429.
-                    hint = retry_hint(response.headers)
-                    if hint:
-                        self.budget.pause_for(hint)
-                return response
-            if code == 429:
-                failures += 1
-                hint = retry_hint(response.headers, body_of(response))
-                wait = hint if hint is not None else self._backoff_delay(failures)
-                self.budget.pause_for(wait)
-                if time.monotonic() - started + wait > max(self.retry_for, 60.0):
-                    raise self.classify(response, during=during)
-                log.info("%s: rate limited, waiting %.1f s", self.label, wait)
-                continue  # the budget holds the next request until the pause ends
-            if code >= 500 and code != 501:
-                if safe or self.submit_5xx_safe:
-                    failures += 1
-                    limit = self.retry_for if safe else 3
-                    if (safe and time.monotonic() - started < limit) or (
-                        not safe and failures < limit
-                    ):
-                        await self._backoff(failures)
-                        continue
-                    raise self.classify(response, during=during)
-                raise SubmitNoAnswer(f"HTTP {code}: {message_of(body_of(response))[:120]}")
-            raise self.classify(response, during=during)
-
-    def _backoff_delay(self, failures: int) -> float:
-        delay = min(60.0, self.retry_base * 2 ** (failures - 1))
-        return delay * (0.75 + random.random() / 2)
-
-    async def _backoff(self, failures: int) -> None:
-        await self._sleep(self._backoff_delay(failures))
-
-    async def json_of(self, response: httpx.Response) -> Any:
-        body = body_of(response)
-        if not isinstance(body, dict | list):
-            raise self.protocol_error(f"expected JSON, got {message_of(body) or 'an empty body'}")
-        return body
 
     # --- running a job ----------------------------------------------------------------------
     def check_ready(self) -> None:

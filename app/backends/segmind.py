@@ -13,36 +13,24 @@ gateway may have handed the job on before giving up.
 
 The v1 sync mode (``sync=True`` or ``request.options["segmind_sync"]``) is one blocking
 ``POST /v1/{slug}`` that answers with the image bytes and the billing in headers. A dropped sync
-connection is a submit with no answer: the job ran and was billed if it got that far.
+connection is a submit with no answer: the job ran and was billed if it got that far. It lives in
+:mod:`app.backends.segmind_sync`; the per-model parameter mapping in
+:mod:`app.backends.segmind_params`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import hashlib
 import logging
 import re
-import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
 
-from app.backends import remote_io
-from app.backends.base import (
-    BackendEvent,
-    ErrorKind,
-    JobError,
-    JobState,
-    Outcome,
-    Report,
-    Request,
-)
+from app.backends import remote_io, segmind_params, segmind_sync
+from app.backends.base import ErrorKind, JobError, JobState, Outcome, Report, Request
 from app.backends.pacing import PollCadence
 from app.backends.remote import (
     RemoteBackend,
@@ -53,47 +41,20 @@ from app.backends.remote import (
     is_content_rejection,
     message_of,
 )
+from app.backends.segmind_params import CLARITY, CREATIVE, FLUX, find_output, number
+from app.backends.segmind_sync import SYNC_MARK
 from pipeline.params import UpscaleParams
 
 __all__ = ["SegmindBackend"]
 
 log = logging.getLogger(__name__)
 
-CLARITY, CREATIVE, FLUX = (
-    "clarity-upscaler",
-    "clarityai-creative-upscaler",
-    "clarityai-flux-upscaler",
-)
-_DEFAULTS = UpscaleParams()
 _STATES = {
     "QUEUED": JobState.queued,
     "PROCESSING": JobState.running,
     "COMPLETED": JobState.succeeded,
     "FAILED": JobState.failed,
 }
-# Clarifier's own switches: Segmind's models run Clarity's built-in behaviour for them. At their
-# defaults nothing is lost by leaving them out; a changed value would be silently ignored there.
-_LOCAL_ONLY = {
-    "pattern": "Clarifier's seamless-texture switch",
-    "multistep_factor": "Clarity's hidden multi-pass creativity factor",
-    "upscaler": "the choice of pre-upscaler (Segmind uses its own)",
-    "upscaler_channel_order": "the local pre-upscaler's channel order",
-}
-# Features of the open Clarity model that the ClarityAI creative and flux models do not have.
-_CLARITY_ONLY = {
-    "mask": "a preservation mask",
-    "lora_links": "LoRA links (the flux model takes one link as flux.lora_link)",
-    "custom_sd_model": "a custom checkpoint",
-    "handfix": "hand fixing",
-    "downscaling": "downscaling before the upscale",
-    "sharpen": "sharpening",
-}
-_CLARITY_FIELDS = (
-    "scale_factor", "creativity", "resemblance", "dynamic", "sharpen", "handfix", "sd_model",
-    "scheduler", "tiling_width", "tiling_height", "num_inference_steps", "downscaling",
-    "downscaling_resolution", "output_format", "prompt", "negative_prompt",
-)  # fmt: skip
-_EXTRA_NETWORK = re.compile(r"<\w+:[^>]*>")
 _NUMBER = r"\$?\s*(\d+(?:\.\d+)?)"
 _REQUIRED = re.compile(r"(?:requir\w*|needs?|needed|costs?|price)\D{0,24}?" + _NUMBER, re.I)
 _AVAILABLE = re.compile(r"(?:balance|available|have|remaining|left)\D{0,24}?" + _NUMBER, re.I)
@@ -109,8 +70,6 @@ _FIELD_NAMES = (
     "tiling_width", "tiling_height", "num_inference_steps", "seed", "downscaling",
     "downscaling_resolution", "output_format", "lora_links", "lora_link", "custom_sd_model",
 )  # fmt: skip
-_SYNC_MARK = "segmind-sync:"
-_IMAGE_B64 = ("iVBORw0KGgo", "/9j/", "UklGR")  # PNG, JPEG, WebP
 
 
 class SegmindBackend(RemoteBackend):
@@ -142,81 +101,10 @@ class SegmindBackend(RemoteBackend):
     def effective_params(self, params: UpscaleParams) -> UpscaleParams:
         """The parameters as they actually run at Segmind, for the output's metadata: always the
         diffusion pass (``mode="creative"``); the ClarityAI models take no seed."""
-        changes: dict[str, Any] = {}
-        if params.mode != "creative":
-            changes["mode"] = "creative"
-        if self.model != CLARITY and params.seed is not None:
-            changes["seed"] = None
-        return params.replace(**changes) if changes else params
+        return segmind_params.effective_params(self.model, params)
 
     def map_params(self, params: UpscaleParams) -> dict[str, Any]:
-        refused: dict[str, list[str]] = {}
-
-        def refuse(name: str, why: str) -> None:
-            refused.setdefault(name, []).append(why)
-
-        for name, what in _LOCAL_ONLY.items():
-            if getattr(params, name) != getattr(_DEFAULTS, name):
-                refuse(name, f"Segmind's {self.model} has no setting for {what}")
-        if self.model == CLARITY:
-            fields = self._clarity_fields(params, refuse)
-        else:
-            for name, what in _CLARITY_ONLY.items():
-                if getattr(params, name) != getattr(_DEFAULTS, name):
-                    refuse(name, f"Segmind's {self.model} does not support {what}")
-            fields = self._clarityai_fields(params, refuse)
-        if refused:
-            listed = "; ".join(f"{k}: {' / '.join(v)}" for k, v in refused.items())
-            raise JobError(
-                ErrorKind.invalid_request,
-                f"Segmind cannot run these settings ({listed}). Reset them, or run the job "
-                "locally.",
-                details={"fields": refused},
-            )
-        return fields
-
-    def _clarity_fields(self, p: UpscaleParams, refuse: Any) -> dict[str, Any]:
-        # The open model's inputs carry Clarifier's names (seed 002); whole numbers go as ints.
-        fields: dict[str, Any] = {name: _plain(getattr(p, name)) for name in _CLARITY_FIELDS}
-        if p.seed is not None:  # blank randomizes at Segmind
-            fields["seed"] = p.seed
-        links = [link.strip() for link in p.lora_links.split(",") if link.strip()]
-        for link in links:
-            if not _is_url(link):
-                refuse("lora_links", f"Segmind can only fetch LoRAs from URLs, not {link!r}")
-        if links:
-            fields["lora_links"] = ",".join(links)
-        if p.custom_sd_model:
-            if not _is_url(p.custom_sd_model):
-                refuse("custom_sd_model", "Segmind can only fetch a custom checkpoint from a URL")
-            fields["custom_sd_model"] = p.custom_sd_model
-        return fields
-
-    def _clarityai_fields(self, p: UpscaleParams, refuse: Any) -> dict[str, Any]:
-        scale = p.scale_factor
-        if not float(scale).is_integer() or not 2 <= scale <= 16:
-            refuse("scale_factor", f"{self.model} takes a whole scale factor from 2 to 16")
-        fields: dict[str, Any] = {"scale_factor": int(scale)}
-        if self.model == CREATIVE:
-            knobs = p.creative
-            fields.update(
-                creativity=knobs.creativity,
-                resemblance=knobs.resemblance,
-                dynamic=knobs.dynamic,
-                fractality=knobs.fractality,
-                style=knobs.style,
-            )
-        else:
-            fields["creativity"] = p.flux.creativity
-            if p.flux.lora_link:
-                if not _is_url(p.flux.lora_link):
-                    refuse("flux.lora_link", "Segmind can only fetch a LoRA from a URL")
-                fields["lora_link"] = p.flux.lora_link
-        # <lora:…> tags are A1111 syntax for the open model; to these models they are noise.
-        prompt = re.sub(r"\s+", " ", _EXTRA_NETWORK.sub("", p.prompt)).strip(" ,")
-        if prompt:
-            fields["prompt"] = prompt
-        return fields
+        return segmind_params.map_params(self.model, params)
 
     # --- the protocol -----------------------------------------------------------------------
     def auth_headers(self) -> dict[str, str]:
@@ -293,7 +181,7 @@ class SegmindBackend(RemoteBackend):
                 f"expected JSON, got {message_of(body) or 'an empty body'}", body
             )
         metrics = body.get("metrics") if isinstance(body.get("metrics"), Mapping) else {}
-        output = _find_output(body.get("output"))
+        output = find_output(body.get("output"))
         state = _STATES.get(raw) if isinstance(raw, str) else None
         if state is None:
             if raw is None and output:  # a result body without a status word
@@ -303,7 +191,7 @@ class SegmindBackend(RemoteBackend):
         if state is JobState.failed:
             message = str(body.get("error") or "no reason given")
             return RemoteStatus(state, raw, message, error=self._run_failure(message, metrics))
-        credits = _number(metrics.get("remaining_credits"))
+        credits = number(metrics.get("remaining_credits"))
         if credits is not None:
             self.remaining_credits = credits
         seed = body.get("seed", metrics.get("seed"))
@@ -311,7 +199,7 @@ class SegmindBackend(RemoteBackend):
             state,
             raw or "",
             outputs=(output,) if output else (),
-            cost=_number(metrics.get("cost")),
+            cost=number(metrics.get("cost")),
             cost_unit="credits" if metrics.get("cost") is not None else "",
             seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
         )
@@ -406,124 +294,20 @@ class SegmindBackend(RemoteBackend):
             details=details,
         )
 
-    # --- running: v2 through the template, v1 sync here --------------------------------------
+    # --- running: v2 through the template, v1 sync in segmind_sync --------------------------
     async def run(self, request: Request, report: Report) -> Outcome:
         request = replace(request, params=self.effective_params(request.params))
         if request.resume is None and (self.sync or request.options.get("segmind_sync")):
-            return await self._run_sync(request, report)
+            return await segmind_sync.run_sync(self, request, report)
         return await super().run(request, report)  # a sync checkpoint resumes here too
 
-    async def _run_sync(self, request: Request, report: Report) -> Outcome:
-        """One blocking ``POST /v1/{slug}``: the answer is the image, billing in headers."""
-        self.check_ready()
-        fields = self.map_params(request.params)
-        started = time.monotonic()
-        timings: dict[str, float] = {}
-        ticket: Ticket | None = None
-        try:
-            report(BackendEvent(state=JobState.uploading, stage="sending to Segmind"))
-            image, mask = await self._input_ref(request)
-            timings["upload"] = time.monotonic() - started
-            ticket = Ticket.new()
-            ticket.extra.update(sync=True, image_sha256=hashlib.sha256(image.encode()).hexdigest())
-            report(
-                BackendEvent(
-                    state=JobState.submitting,
-                    stage="submitting to Segmind",
-                    remote=ticket.to_dict(),
-                )
-            )
-            report(BackendEvent(state=JobState.running, stage="running at Segmind (sync)"))
-            ticket.submitted_at = time.time()
-            sent = time.monotonic()
-            try:
-                response = await self.http(
-                    "POST",
-                    f"/v1/{self.model}",
-                    during="submit",
-                    json=self._body(fields, image, mask),
-                    timeout=httpx.Timeout(self.sync_timeout, connect=15.0),
-                    ok=(500, 502, 503, 504),
-                )
-            except SubmitNoAnswer as exc:
-                raise self._unknown(ticket, str(exc)) from None
-            timings["remote"] = time.monotonic() - sent
-            data = await self._sync_answer(response, ticket)
-            ticket.phase = "done"
-            ticket.done_at = time.time()
-            if data is not None:  # kept before anything else can fail: it is paid for
-                await asyncio.to_thread(remote_io.stash, Path(request.output), request.job_id, data)
-            report(
-                BackendEvent(
-                    state=JobState.downloading,
-                    stage="saving",
-                    message="saving the result from Segmind",
-                    remote=ticket.to_dict(),
-                )
-            )
-            t = time.monotonic()
-            outcome = await self._finish(request, report, ticket)
-            timings["download"] = time.monotonic() - t
-        except asyncio.CancelledError:
-            if self.detached:
-                raise  # the app is quitting: the checkpoint decides what happens next start
-            raise JobError(ErrorKind.canceled, await self._cancel_remote(ticket)) from None
-        timings["total"] = time.monotonic() - started
-        return replace(outcome, timings={**timings, **outcome.timings})
-
-    async def _sync_answer(self, response: httpx.Response, ticket: Ticket) -> bytes | None:
-        """Fill ``ticket`` from a v1 answer; return the image bytes (None: a URL to download)."""
-        code = response.status_code
-        if code in (502, 504):
-            raise self._unknown(ticket, f"the gateway answered HTTP {code} while the job ran")
-        if code == 503:
-            raise self.general_error(response, during="submit")
-        if code == 500:  # the model ran and failed (often a value only the model checks)
-            body = body_of(response)
-            raise self._run_failure(message_of(body, code) or "HTTP 500", {})
-        headers = response.headers
-        ticket.remote_id = headers.get("x-request-id") or None
-        ticket.cost = _number(headers.get("x-cost"))
-        ticket.cost_unit = "credits" if ticket.cost is not None else ""
-        credits = _number(headers.get("x-remaining-credits"))
-        if credits is not None:
-            self.remaining_credits = credits
-        seed = _number(headers.get("x-seed-value"))
-        ticket.seed = int(seed) if seed is not None and float(seed).is_integer() else None
-        if headers.get("x-generation-time"):
-            ticket.extra["generation_time"] = _number(headers["x-generation-time"])
-        ctype = headers.get("content-type", "").lower()
-        if ctype.startswith("image/") and response.content:
-            ticket.outputs = [_SYNC_MARK + (ticket.remote_id or ticket.key)]
-            return response.content
-        output = _find_output(body_of(response)) if "json" in ctype else None
-        if output:
-            ticket.outputs = [output]
-            return None
-        raise JobError(
-            ErrorKind.protocol,
-            f"Segmind answered the sync request without an image ({ctype or 'no content type'}"
-            f", request {ticket.remote_id or 'unknown'}); it may have billed the job.",
-            details={"remote": ticket.to_dict()},
-        )
-
     async def download(self, url: str) -> bytes:
-        if url.startswith(_SYNC_MARK):  # the bytes came with the answer and were stashed
+        if url.startswith(SYNC_MARK):  # the bytes came with the answer and were stashed
             raise JobError(ErrorKind.expired, "the sync answer's image was not kept")
         return await super().download(url)
 
 
 # --- helpers ----------------------------------------------------------------------------------
-def _plain(x: Any) -> Any:
-    if isinstance(x, float) and x.is_integer():
-        return int(x)
-    return x
-
-
-def _is_url(text: str) -> bool:
-    return text.startswith(("http://", "https://"))
-
-
 def _bare(ref: str) -> str:
     """A data URL as the bare base64 Segmind documents; URLs and base64 unchanged."""
     if ref.startswith("data:") and ";base64," in ref[:100]:
@@ -534,44 +318,6 @@ def _bare(ref: str) -> str:
 def _origin(url: str) -> tuple[str, str]:
     split = urllib.parse.urlsplit(url)
     return split.scheme.lower(), split.netloc.lower()
-
-
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _find_output(value: Any) -> str | None:
-    """The first URL-like string in ``output`` (a string, list or object), or a base64 image
-    as a data URL."""
-    if isinstance(value, str):
-        text = value.strip()
-        if _is_url(text) or text.startswith("data:image/"):
-            return text
-        if text.startswith(_IMAGE_B64):
-            try:
-                base64.b64decode(text[:64] + "=" * (-len(text[:64]) % 4), validate=True)
-            except (binascii.Error, ValueError):
-                return None
-            mime = {"i": "image/png", "/": "image/jpeg", "U": "image/webp"}[text[0]]
-            return f"data:{mime};base64,{text}"
-        return None
-    items: list[Any] = []
-    if isinstance(value, Mapping):
-        first = ("url", "image", "images", "output")
-        items = [value[k] for k in first if k in value]
-        items += [v for k, v in value.items() if k not in first]
-    elif isinstance(value, list | tuple):
-        items = list(value)
-    for item in items:
-        found = _find_output(item)
-        if found:
-            return found
-    return None
 
 
 def _amounts(text: str) -> tuple[float | None, float | None]:

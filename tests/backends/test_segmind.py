@@ -621,3 +621,23 @@ def test_double_poll_url_mirrors_the_result(double):
         legacy = raw.get(job["poll_url"]).json()
         assert legacy == raw.get(job["response_url"]).json()
         assert legacy["status"] == "COMPLETED" and legacy["output"].startswith(double.url)
+
+
+def test_cancelling_a_sync_call_says_segmind_may_still_bill(double, photo, tmp_path):
+    double.default_scenario = Scenario(run_s=1.5)
+    events = []
+
+    async def go():
+        async with httpx.AsyncClient(timeout=10) as client:
+            backend = make(client, double, sync=True)
+            task = asyncio.create_task(backend.run(request(photo, tmp_path), events.append))
+            await until(lambda: any(e.state is JobState.submitting for e in events))
+            await asyncio.sleep(0.3)  # the call is in flight (the double holds it 1.5 s)
+            task.cancel()
+            return await task
+
+    with pytest.raises(JobError) as err:
+        asyncio.run(go())
+    assert err.value.kind is ErrorKind.canceled and isinstance(err.value.message, str)
+    assert "may" in err.value.message and "bill" in err.value.message
+    assert err.value.details == {"remote_final": False}
