@@ -29,7 +29,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
 from app.backends.base import ErrorKind, JobError, JobState, Request
 from app.backends.cog import CogBackend
@@ -190,13 +189,6 @@ def idle(request):
         deadline = time.monotonic() + 15
         while cog.health()["status"] != "READY" and time.monotonic() < deadline:
             time.sleep(0.05)
-
-
-@pytest.fixture
-def photo(tmp_path: Path) -> Path:
-    path = tmp_path / "in.png"
-    Image.new("RGB", (12, 10), (30, 160, 90)).save(path)
-    return path
 
 
 def backend(client: httpx.AsyncClient, url: str, **kw) -> CogBackend:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
 from app.backends.base import ErrorKind, JobState
 from app.backends.pacing import PollCadence, RequestBudget
@@ -24,13 +23,6 @@ from tests.doubles.http_double import Resp, Scenario, until
 def double():
     with ToyDouble() as d:
         yield d
-
-
-@pytest.fixture
-def photo(tmp_path: Path) -> Path:
-    path = tmp_path / "in.png"
-    Image.new("RGB", (12, 10), (10, 120, 200)).save(path)
-    return path
 
 
 def _backend(client, double, **kw) -> ToyBackend:

@@ -30,15 +30,6 @@ def double():
         yield d
 
 
-@pytest.fixture
-def photo(tmp_path):
-    from PIL import Image
-
-    path = tmp_path / "in.png"
-    Image.new("RGB", (12, 10), (200, 30, 30)).save(path)
-    return path
-
-
 def make(client, double, key=KEY, **kw) -> FalBackend:
     kw.setdefault("cadence", PollCadence(0.01))
     kw.setdefault("budget", RequestBudget(1000, 1.0))  # fal's 10/s would pace a 0.01 s cadence

@@ -21,15 +21,6 @@ def double():
         yield d
 
 
-@pytest.fixture
-def photo(tmp_path):
-    from PIL import Image
-
-    path = tmp_path / "in.png"
-    Image.new("RGB", (12, 10), (200, 30, 30)).save(path)
-    return path
-
-
 def run(double, photo, tmp_path, *, resume=None, idempotent=False, events=None, **kw):
     async def go():
         async with httpx.AsyncClient() as client:

@@ -33,13 +33,6 @@ def double():
 
 
 @pytest.fixture
-def photo(tmp_path: Path) -> Path:
-    path = tmp_path / "in.png"
-    Image.new("RGB", (12, 10), (200, 30, 30)).save(path)
-    return path
-
-
-@pytest.fixture
 def big_photo(tmp_path: Path) -> Path:
     """Noise does not compress: over Replicate's 256 KB inline limit, so it is uploaded."""
     path = tmp_path / "big.png"

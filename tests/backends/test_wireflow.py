@@ -31,15 +31,6 @@ def double():
         yield d
 
 
-@pytest.fixture
-def photo(tmp_path):
-    from PIL import Image
-
-    path = tmp_path / "in.png"
-    Image.new("RGB", (12, 10), (200, 30, 30)).save(path)
-    return path
-
-
 def backend_for(client, double, key=KEY, **kw):
     kw.setdefault("cadence", PollCadence(0.01))
     kw.setdefault("budget", RequestBudget(100_000, 1.0))
