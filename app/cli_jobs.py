@@ -22,9 +22,9 @@ import time
 from typing import Any
 
 from app.jobs.controller import Job, JobController, JobEvent
-from app.jobs.providers import PROVIDERS, ProviderPool, provider_class
+from app.jobs.providers import PROVIDERS, ProviderPool, provider_class, provider_key_envs
 from app.store.history import HistoryError, HistoryStore, RunRecord
-from app.store.secrets import SecretsError, delete_key, find_key, key_envs, set_key
+from app.store.secrets import SecretsError, delete_key, find_key, set_key
 from app.store.settings import load_settings
 
 __all__ = ["add_jobs_parser", "add_keys_parser", "cmd_jobs", "cmd_keys", "open_history"]
@@ -57,7 +57,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if args.action == "list":
         for name in sorted(PROVIDERS):
             cls = provider_class(name)
-            envs = tuple(dict.fromkeys((*cls.key_envs, *key_envs(name))))
+            envs = provider_key_envs(name)
             info = find_key(name, envs)
             if not cls.needs_key:
                 state = "no key needed"
@@ -112,9 +112,9 @@ def add_jobs_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _find(store: HistoryStore, prefix: str) -> RunRecord:
-    matches = [r for r in store.list(limit=100_000) if r.id.startswith(prefix.strip())]
+    matches = store.with_prefix(prefix.strip())
     if len(matches) != 1:
-        what = "no run" if not matches else f"{len(matches)} runs"
+        what = "no run" if not matches else "more than one run"
         raise LookupError(f"{what} with an id starting {prefix!r}")
     return matches[0]
 

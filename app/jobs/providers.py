@@ -23,7 +23,7 @@ from app.store.secrets import find_key, key_envs
 from app.store.settings import Settings
 from pipeline.paths import data_dir
 
-__all__ = ["PROVIDERS", "ProviderPool", "provider_class"]
+__all__ = ["PROVIDERS", "ProviderPool", "provider_class", "provider_key_envs"]
 
 # backend name → (module, class); imported on first use so a CLI run loads only its own.
 PROVIDERS: dict[str, tuple[str, str]] = {
@@ -43,6 +43,11 @@ def provider_class(name: str) -> type:
         known = ", ".join(["local", *PROVIDERS])
         raise ValueError(f"unknown backend {name!r}; available: {known}") from None
     return getattr(importlib.import_module(module), cls)
+
+
+def provider_key_envs(name: str) -> tuple[str, ...]:
+    """Where ``name``'s key may be set: the backend's own variables, then Clarifier's."""
+    return tuple(dict.fromkeys((*provider_class(name).key_envs, *key_envs(name))))
 
 
 def make_client() -> httpx.AsyncClient:
@@ -115,8 +120,7 @@ class ProviderPool:
         return self._budgets[name]
 
     def api_key(self, name: str) -> str | None:
-        cls = provider_class(name)
-        envs = tuple(dict.fromkeys((*cls.key_envs, *key_envs(name))))
+        envs = provider_key_envs(name)
         if self._env is os.environ:
             return find_key(name, envs).key
         for var in envs:  # an explicit environment (tests): no keyring

@@ -215,6 +215,15 @@ class HistoryStore:
         sql += " ORDER BY created DESC LIMIT ? OFFSET ?"
         return self._rows(sql, [*args, limit, offset])
 
+    def with_prefix(self, prefix: str, limit: int = 2) -> list[RunRecord]:
+        """Runs whose id starts with ``prefix`` (a person types the first few characters)."""
+        if not prefix or not prefix.isalnum():
+            return []
+        return self._rows(
+            f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE id LIKE ? LIMIT ?",
+            (prefix + "%", limit),
+        )
+
     def unfinished(self) -> list[RunRecord]:
         """Jobs that had not ended when the last session stopped, oldest first."""
         placeholders = ", ".join("?" for _ in _TERMINAL)

@@ -59,6 +59,8 @@ def test_list_filters_search_and_unfinished(tmp_path: Path) -> None:
     assert [r.id for r in store.list(search="castle 3")] == ["run003"]
     assert [r.id for r in store.list(search="1338")] == ["run001"]  # by seed
     assert [r.id for r in store.unfinished()] == ["run001", "run003", "run004"]  # oldest first
+    assert [r.id for r in store.with_prefix("run003")] == ["run003"]
+    assert len(store.with_prefix("run")) == 2 and store.with_prefix("r%") == []
 
 
 def test_a_second_connection_reads_while_the_first_writes(tmp_path: Path) -> None:
