@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -25,12 +24,13 @@ from app.cli_models import UsageError as ModelsUsageError
 from app.cli_models import add_models_parser, cmd_models, model_dirs_from
 from app.cli_progress import ProgressLine
 from app.jobs import Job, JobController, JobEvent
+from app.jobs.inputs import collect_inputs
 from app.jobs.providers import ProviderPool
 from app.store.presets import PresetError, PresetStore, read_preset_file
 from app.store.settings import load_settings
 from pipeline import __version__
 from pipeline.errors import ImageError, ParamsError
-from pipeline.images import SUPPORTED_SUFFIXES, read_parameters_text
+from pipeline.images import read_parameters_text
 from pipeline.metadata import RunInfo, parse_infotext
 from pipeline.model_store import find_models, missing_message
 from pipeline.params import UpscaleParams
@@ -172,27 +172,6 @@ class Item:
     output: Path | None = None
     error: str | None = None  # a problem found before running (missing file, output exists)
     skipped: bool = False
-
-
-def collect_inputs(paths: Sequence[str], out_dir: Path | None) -> list[tuple[Path, Path | None]]:
-    """Expand folders recursively; pair each file with its path relative to the folder given."""
-    found: list[tuple[Path, Path | None]] = []
-    out_resolved = out_dir.resolve() if out_dir else None
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                root_path = Path(root)
-                if out_resolved and root_path.resolve().is_relative_to(out_resolved):
-                    continue  # never re-upscale our own outputs
-                for name in sorted(files):
-                    file = root_path / name
-                    if not name.startswith(".") and file.suffix.lower() in SUPPORTED_SUFFIXES:
-                        found.append((file, file.relative_to(path)))
-        else:
-            found.append((path, None))
-    return found
 
 
 def plan(

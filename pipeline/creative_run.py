@@ -23,7 +23,7 @@ from pipeline.creative import (
     lora_requests,
     run_passes,
 )
-from pipeline.device import default_dtype
+from pipeline.device import pick_dtype
 from pipeline.errors import ImageError
 from pipeline.images import load_image
 from pipeline.params import UpscaleParams
@@ -41,10 +41,12 @@ class RunExtras:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def creative_settings(device: torch.device, *, sr_tile: int) -> CreativeSettings:
+def creative_settings(
+    device: torch.device, *, sr_tile: int, precision: str = "auto"
+) -> CreativeSettings:
     """Clarity's constants where the device can afford them; smaller VAE tiles elsewhere (the
     shared GroupNorm statistics make the VAE tile size nearly invisible in the result)."""
-    dtype = default_dtype(device)
+    dtype = pick_dtype(device, precision)
     if device.type == "cuda":
         total_gib = torch.cuda.get_device_properties(device).total_memory / 2**30
         if total_gib >= 40:
@@ -117,7 +119,9 @@ def upscale_creative(
     loras = lora_requests(parsed.loras, models.loras)
 
     sr_tile = options.tile or auto_tile(device)
-    settings = creative_settings(device, sr_tile=sr_tile)
+    settings = creative_settings(
+        device, sr_tile=sr_tile, precision=getattr(options, "precision", "auto")
+    )
     upscaler = load_upscaler(
         str(models.upscaler or params.upscaler),  # a file found in an ESRGAN/upscale_models folder
         device=device,

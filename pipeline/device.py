@@ -16,7 +16,7 @@ import torch
 
 from pipeline.errors import PipelineError
 
-__all__ = ["DEVICE_PREFERENCES", "default_dtype", "describe_device", "pick_device"]
+__all__ = ["DEVICE_PREFERENCES", "default_dtype", "describe_device", "pick_device", "pick_dtype"]
 
 DEVICE_PREFERENCES: tuple[str, ...] = ("auto", "cuda", "mps", "cpu")
 
@@ -64,6 +64,29 @@ def pick_device(preference: str = "auto") -> torch.device:
 def default_dtype(device: torch.device) -> torch.dtype:
     """fp16 on CUDA, fp32 elsewhere (see the module docstring for why)."""
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """The dtype for ``precision`` ("auto", "fp16", "bf16" or "fp32") on ``device``.
+
+    Half precision on the CPU is refused rather than run: its convolutions are missing or many
+    times slower there, so a person who picked it would only wait longer for the same image."""
+    choice = (precision or "auto").strip().lower()
+    if choice == "auto":
+        return default_dtype(device)
+    if choice not in _DTYPES:
+        raise PipelineError(
+            f"unknown precision {precision!r}: choose one of auto, {', '.join(_DTYPES)}"
+        )
+    kind = torch.device(device).type
+    if choice == "fp16" and kind == "cpu":
+        raise PipelineError("fp16 precision needs a GPU; on the CPU choose auto, bf16 or fp32")
+    if choice == "bf16" and kind == "mps":
+        raise PipelineError("bf16 precision is not supported on Apple GPUs; choose auto or fp16")
+    return _DTYPES[choice]
 
 
 def describe_device(device: torch.device) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from pipeline import __version__
-from pipeline.device import default_dtype, pick_device
+from pipeline.device import pick_device, pick_dtype
 from pipeline.errors import Cancelled
 from pipeline.images import (
     DEFAULT_MAX_OUTPUT_PIXELS,
@@ -50,6 +50,7 @@ class EngineOptions:
     """How (not what) to run: device and memory knobs that do not change the result's meaning."""
 
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
+    precision: str = "auto"  # "auto" (fp16 on CUDA, fp32 elsewhere) | "fp16" | "bf16" | "fp32"
     tile: int | None = None  # pre-upscaler tile in input pixels; None picks one for the device
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
     model_dirs: Sequence[Path] = ()
@@ -162,7 +163,7 @@ def upscale(
     model = load_upscaler(
         params.upscaler,
         device=device,
-        dtype=default_dtype(device),
+        dtype=pick_dtype(device, options.precision),
         search_dirs=tuple(options.model_dirs),
     )
     timings["load_model"] = time.perf_counter() - started

@@ -123,6 +123,7 @@ def _run(channel: _Channel, commands: _Commands, message: dict[str, Any]) -> Non
         opts = message.get("options") or {}
         options = EngineOptions(
             device=opts.get("device", "auto"),
+            precision=opts.get("precision", "auto"),
             tile=opts.get("tile"),
             max_output_pixels=int(opts.get("max_output_pixels", EngineOptions.max_output_pixels)),
             model_dirs=tuple(opts.get("model_dirs", ())),

@@ -18,7 +18,9 @@ from typing import Any
 from app.store.files import write_json_atomic
 from pipeline.paths import config_dir
 
-__all__ = ["Settings", "load_settings", "save_settings", "settings_path"]
+__all__ = ["PRECISIONS", "Settings", "load_settings", "save_settings", "settings_path"]
+
+PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +29,13 @@ log = logging.getLogger(__name__)
 class Settings:
     max_output_megapixels: float = 64.0  # the output cap; raise it as memory allows
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto (fp16 on CUDA, fp32 elsewhere) | fp16 | bf16 | fp32
     tile: int | None = None  # pre-upscaler tile size in pixels; None = chosen for the device
     model_dirs: tuple[str, ...] = field(default_factory=tuple)  # extra folders to find models in
     output_dir: str = ""  # the window's default output folder; empty = next to the input
+    # How the window names its outputs (see app/store/naming.py for the fields); the extension
+    # always follows the output format.
+    filename_template: str = "{stem}-{mode}-x{scale}"
     # Per remote provider (by backend name): base URL (scheme and host, as the vendor documents
     # it; CLARIFIER_<NAME>_BASE_URL overrides), requests per minute allowed by the person's plan,
     # and how many jobs may run there at once. Missing entries use the provider's defaults.
@@ -45,6 +51,7 @@ class Settings:
         """What the local backend passes to the engine."""
         return {
             "device": self.device,
+            "precision": self.precision,
             "tile": self.tile,
             "max_output_pixels": self.max_output_pixels,
             "model_dirs": list(self.model_dirs),
@@ -55,6 +62,13 @@ class Settings:
             raise ValueError(
                 f"max_output_megapixels must be positive, not {self.max_output_megapixels}"
             )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
+            )
+        from app.store.naming import check_template
+
+        check_template(self.filename_template)
         if self.tile is not None and not (32 <= self.tile <= 4096):
             raise ValueError(f"tile must be between 32 and 4096 pixels, not {self.tile}")
         for name, url in self.provider_urls.items():

@@ -48,3 +48,16 @@ def test_describe(monkeypatch: pytest.MonkeyPatch) -> None:
     props = SimpleNamespace(name="NVIDIA H100 80GB HBM3", total_memory=int(79.1 * 2**30))
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
     assert dev.describe_device(torch.device("cuda")) == "NVIDIA H100 80GB HBM3, 79.1 GiB"
+
+
+def test_precision_setting_picks_the_dtype_or_refuses_with_a_reason() -> None:
+    cpu = torch.device("cpu")
+    assert dev.pick_dtype(cpu, "auto") == torch.float32
+    assert dev.pick_dtype(cpu, "fp32") == torch.float32
+    assert dev.pick_dtype(cpu, "bf16") == torch.bfloat16
+    assert dev.pick_dtype(torch.device("cuda"), "fp32") == torch.float32
+    assert dev.pick_dtype(torch.device("cuda"), "auto") == torch.float16
+    with pytest.raises(PipelineError, match="fp16 precision needs a GPU"):
+        dev.pick_dtype(cpu, "fp16")
+    with pytest.raises(PipelineError, match="unknown precision 'fp8'"):
+        dev.pick_dtype(cpu, "fp8")
