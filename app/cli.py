@@ -49,7 +49,9 @@ class UsageError(Exception):
 # --- parsing ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="clarifier", description="Generative (Clarity-style) and faithful image upscaling."
+        prog="clarifier",
+        description="Generative (Clarity-style) and faithful image upscaling.",
+        epilog="Run `clarifier` alone, or `clarifier gui [IMAGES...]`, to open the window.",
     )
     parser.add_argument("--version", action="version", version=f"clarifier {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -12,6 +12,9 @@ a wrong colour is worse than a slower run. Change :func:`default_dtype` once it 
 
 from __future__ import annotations
 
+import json
+import sys
+
 import torch
 
 from pipeline.errors import PipelineError
@@ -99,3 +102,20 @@ def describe_device(device: torch.device) -> str:
         return "Apple GPU (MPS)"
     threads = torch.get_num_threads()
     return f"CPU ({threads} thread{'' if threads == 1 else 's'})"
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m pipeline.device [PREFERENCE]``: one JSON line naming the engine's device, for
+    the window's status bar (the window itself never imports torch)."""
+    try:
+        device = pick_device(argv[0] if argv else "auto")
+        sys.stdout.write(
+            json.dumps({"device": str(device), "description": describe_device(device)}) + "\n"
+        )
+    except PipelineError as exc:
+        sys.stdout.write(json.dumps({"error": str(exc)}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -277,6 +277,13 @@ class JobController:
         except HistoryError:  # the job goes on; the person sees the warning in the log
             log.exception("could not record job %s in the history", job.id)
 
+    def replace_pool(self, pool: BackendPool) -> BackendPool:
+        """Run new jobs on ``pool`` (after a settings change) and return the old pool, which the
+        caller closes once nothing runs on it."""
+        old, self._pool = self._pool, pool
+        self._limits.clear()
+        return old
+
     # --- submitting and cancelling ------------------------------------------------------------
     def submit(
         self,

@@ -212,16 +212,20 @@ class HistoryPanel(QWidget):
         header = view.header()
         header.setStretchLastSection(True)
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        for column, width in (
-            (Column.Image, 200),
-            (Column.Backend, 190),
-            (Column.Settings, 290),
-            (Column.Seed, 100),
-            (Column.State, 220),
-            (Column.Duration, 90),
+        # What a person looks for first comes first, sized for a side dock: which image, which
+        # seed, how it was made, how long it took; the rest is a scroll away.
+        order_and_width = (
+            (Column.Image, 170),
+            (Column.Seed, 96),
+            (Column.Settings, 150),
+            (Column.Duration, 70),
+            (Column.State, 120),
+            (Column.Backend, 130),
             (Column.Cost, 80),
             (Column.When, 130),
-        ):
+        )
+        for position, (column, width) in enumerate(order_and_width):
+            header.moveSection(header.visualIndex(column), position)
             header.resizeSection(column, width)
 
         self.details = QLabel(self)

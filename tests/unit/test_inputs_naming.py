@@ -93,7 +93,12 @@ def test_output_names_follow_the_template_and_never_overwrite(tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     ("template", "message"),
-    [("", "empty"), ("{stem}-{size}", "unknown field"), ("{stem", "malformed"), ("a/{stem}", "no /")],
+    [
+        ("", "empty"),
+        ("{stem}-{size}", "unknown field"),
+        ("{stem", "malformed"),
+        ("a/{stem}", "no /"),
+    ],
 )
 def test_bad_templates_are_refused_with_a_reason(template: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
