@@ -236,6 +236,10 @@ class RemoteBackend(ProviderHttp, Backend):
     async def run(self, request: Request, report: Report) -> Outcome:
         self.check_ready()
         fields = self.map_params(request.params)
+        if request.params.mode != "creative":
+            # Every provider runs the diffusion pass, whatever mode the local engine was set to:
+            # the saved output's metadata must say so.
+            request = replace(request, params=request.params.replace(mode="creative"))
         ticket = Ticket.from_dict(request.resume) if request.resume else None
         started = time.monotonic()
         timings: dict[str, float] = {}

@@ -165,6 +165,7 @@ def test_success_uploads_submits_and_saves_with_metadata(double, photo, tmp_path
     info = read_run_info(outcome.output)
     assert info is not None and info.engine == "apiframe/clarity-upscale"
     assert info.output_size == (24, 20) and info.source_size == (12, 10)
+    assert info.params.mode == "creative"  # what ran at the provider, not the local default
     assert outcome.cost == 3 and outcome.cost_unit == "credits"
     assert outcome.remote_id in double.jobs
     submit = double.requests("POST", r"^/v2/images/upscale$")[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,9 +60,12 @@ class QuickBackend(Backend):
 
 
 @pytest.fixture(scope="module")
-def loop(qapp) -> asyncio.AbstractEventLoop:
+def loop(qapp) -> Iterator[asyncio.AbstractEventLoop]:
     """One asyncio loop on Qt's for the module: the window's jobs run on it, as in the app."""
-    return make_loop(qapp)
+    loop = make_loop(qapp)
+    yield loop
+    loop.close()
+    asyncio.set_event_loop(None)
 
 
 def run(loop: asyncio.AbstractEventLoop, coro: Any, timeout: float = 60) -> Any:
@@ -328,3 +332,32 @@ def test_every_menu_action_has_a_shortcut_or_a_reason_and_controls_have_names(ma
         and not (w.accessibleName() or getattr(w, "text", lambda: "")())
     ]
     assert not unnamed, [type(w).__name__ + ":" + w.objectName() for w in unnamed]
+
+
+def test_a_dropped_image_link_is_downloaded_and_a_dead_one_explained(
+    loop, make_window, photo_file
+) -> None:
+    from tests.doubles.http_double import LoopbackDouble
+
+    window = make_window(quick_pool(QuickBackend()))
+    with LoopbackDouble() as site:
+        url = site.cdn_put(photo_file.read_bytes(), name="space walk.png")
+
+        async def scenario() -> None:
+            mime = QMimeData()
+            mime.setUrls([QUrl(url)])
+            drop(window, mime)
+            await until(lambda: window.inputs.count() == 1, what="the downloaded image")
+            mime = QMimeData()
+            mime.setUrls([QUrl(site.url + "/cdn/nothing-here/x.png")])
+            drop(window, mime)
+            await until(lambda: "answered 404" in window.status.message.text(), what="the error")
+
+        run(loop, scenario())
+    path = window.inputs.paths()[0]
+    assert path.read_bytes() == photo_file.read_bytes() and path.suffix == ".png"
+    # With no output folder set, a downloaded input's output goes to Pictures/Clarifier, not
+    # into Clarifier's own inbox.
+    window.session.settings = dataclasses.replace(window.session.settings, output_dir="")
+    assert window.session.output_folder(path).name == "Clarifier"
+    assert window.inputs.count() == 1
