@@ -13,12 +13,14 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
-
-import httpx
 
 from pipeline.images import SUPPORTED_SUFFIXES
 from pipeline.paths import data_dir
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "MAX_DOWNLOAD_BYTES",
@@ -112,6 +114,8 @@ async def fetch_url(
 
     Refuses, with a message, what is not an image, too big, or not reachable; a partial download
     never stays behind."""
+    import httpx  # here, not at the top: the window imports this module while it starts
+
     folder = folder or inbox_dir()
     stem, suffix = _name_from_url(url)
     try:
