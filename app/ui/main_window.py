@@ -70,6 +70,7 @@ class MainWindow(QMainWindow):
         self._outputs: dict[Path, Path] = {}  # input → its latest output this session
         self._last_states: dict[str, tuple[str, str]] = {}
         self._announced: set[str] = set()
+        self._starting = False  # an Upscale is being checked and submitted
         self.setWindowTitle("Clarifier — generative image upscaler")
         self.setAcceptDrops(True)
         self.setDockNestingEnabled(True)
@@ -292,9 +293,16 @@ class MainWindow(QMainWindow):
         )
 
     def upscale(self) -> None:
-        if not self.run_button.isEnabled():
+        if not self.run_button.isEnabled() or self._starting:
             return
-        self.session.spawn(self._upscale())
+        self._starting = True  # a double click must not send (and, remotely, pay for) two batches
+        self.run_button.setEnabled(False)
+        task = self.session.spawn(self._upscale())
+        task.add_done_callback(lambda _t: self._started_batch())
+
+    def _started_batch(self) -> None:
+        self._starting = False
+        self._update_run_info()
 
     async def _upscale(self) -> None:
         paths = self.inputs.paths()

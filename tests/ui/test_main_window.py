@@ -190,9 +190,11 @@ def test_presets_set_the_parameters_and_the_run_uses_them(
     run(loop, until(lambda: window.inputs.count() == 1))
     assert "96×96 → <b>288×288</b>" in window.run_info.text()
     window.upscale()
+    window.upscale()  # a double click starts one batch, not two
     job = run(loop, until(lambda: next(iter(window.session.controller.jobs.values()), None)))
     run(loop, until(lambda: job.state == JobState.succeeded, what="the job"))
     assert backend.requests[0].params.scale_factor == 3
+    assert len(window.session.controller.jobs) == 1 and window.run_button.isEnabled()
     assert job.outcome.output.suffix == ".webp" and Image.open(job.outcome.output).size == (
         288,
         288,
