@@ -187,6 +187,19 @@ class JobEvent:
     message: str = ""
     preview_png: bytes | None = None
 
+    @classmethod
+    def of(cls, job: Job, **extra: Any) -> JobEvent:
+        """An event showing the job as it is now."""
+        return cls(
+            job=job,
+            state=job.state,
+            stage=job.stage,
+            done=job.done,
+            total=job.total,
+            message=job.message,
+            **extra,
+        )
+
 
 Listener = Callable[[JobEvent], None]
 
@@ -254,15 +267,7 @@ class JobController:
         return lambda: self._listeners.remove(listener)
 
     def _emit(self, job: Job, **extra: Any) -> None:
-        event = JobEvent(
-            job=job,
-            state=job.state,
-            stage=job.stage,
-            done=job.done,
-            total=job.total,
-            message=job.message,
-            **extra,
-        )
+        event = JobEvent.of(job, **extra)
         for listener in list(self._listeners):
             try:
                 listener(event)

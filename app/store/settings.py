@@ -7,22 +7,17 @@ edit can never stop the app from starting.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.store.files import write_json_atomic
+from app.store.files import read_json_or_default, write_json_atomic
 from pipeline.paths import config_dir
 
 __all__ = ["PRECISIONS", "Settings", "load_settings", "save_settings", "settings_path"]
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,21 +81,14 @@ def settings_path() -> Path:
 
 
 def load_settings(path: Path | None = None) -> Settings:
-    path = path or settings_path()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+    def build(data: dict[str, Any]) -> Settings:
         known = {f.name for f in dataclasses.fields(Settings)}
         values = {k: v for k, v in data.items() if k in known}
         if "model_dirs" in values:
             values["model_dirs"] = tuple(values["model_dirs"])
         return Settings(**values).validate()
-    except FileNotFoundError:
-        return Settings()
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
-        log.warning("settings file %s is damaged (%s); using defaults", path, exc)
-        with contextlib.suppress(OSError):
-            path.replace(path.with_name(path.name + ".bad"))
-        return Settings()
+
+    return read_json_or_default(path or settings_path(), build, Settings, "settings file")
 
 
 def save_settings(settings: Settings, path: Path | None = None) -> Path:

@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.backends.base import JobState
+from app.jobs import JobEvent
 from app.store.history import RunRecord
 from app.ui.actions import build_actions
 from app.ui.compare import CompareToolbar, CompareView
@@ -44,7 +45,7 @@ from pipeline.errors import ParamsError
 from pipeline.params import UpscaleParams
 
 if TYPE_CHECKING:
-    from app.jobs import Job, JobEvent
+    from app.jobs import Job
 
 __all__ = ["MainWindow"]
 
@@ -380,7 +381,7 @@ class MainWindow(QMainWindow):
     def _on_started(self, resumed: list[Job]) -> None:
         self._update_run_info()
         for job in resumed:
-            self.queue.on_event(_event_for(job))
+            self.queue.on_event(JobEvent.of(job))
         if resumed:
             n = len(resumed)
             self.status.say(f"Resumed {n} job{'s' if n != 1 else ''} from the last session")
@@ -485,16 +486,3 @@ class MainWindow(QMainWindow):
 
 def _run_label(seed: int | None) -> str:
     return "Output" if seed is None else f"Output · seed {seed}"
-
-
-def _event_for(job: Job) -> Any:
-    from app.jobs import JobEvent
-
-    return JobEvent(
-        job=job,
-        state=job.state,
-        stage=job.stage,
-        done=job.done,
-        total=job.total,
-        message=job.message,
-    )

@@ -8,14 +8,12 @@ load, so a file from an older version can never start the window with a bad valu
 from __future__ import annotations
 
 import base64
-import contextlib
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.store.files import write_json_atomic
+from app.store.files import read_json_or_default, write_json_atomic
 from pipeline.errors import ParamsError
 from pipeline.params import UpscaleParams
 from pipeline.paths import config_dir
@@ -61,18 +59,11 @@ def window_state_path() -> Path:
 
 
 def load_window_state(path: Path | None = None) -> WindowState:
-    path = path or window_state_path()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+    def build(data: dict[str, Any]) -> WindowState:
         known = WindowState.__dataclass_fields__
         return WindowState(**{k: v for k, v in data.items() if k in known})
-    except FileNotFoundError:
-        return WindowState()
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
-        log.warning("window state %s is damaged (%s); starting fresh", path, exc)
-        with contextlib.suppress(OSError):
-            path.replace(path.with_name(path.name + ".bad"))
-        return WindowState()
+
+    return read_json_or_default(path or window_state_path(), build, WindowState, "window state")
 
 
 def save_window_state(state: WindowState, path: Path | None = None) -> None:

@@ -363,3 +363,13 @@ def test_a_dropped_image_link_is_downloaded_and_a_dead_one_explained(
     window.session.settings = dataclasses.replace(window.session.settings, output_dir="")
     assert window.session.output_folder(path).name == "Clarifier"
     assert window.inputs.count() == 1
+
+
+def test_a_damaged_window_state_is_set_aside(tmp_path: Path) -> None:
+    path = tmp_path / "window.json"
+    path.write_text("{not json")
+    state = load_window_state(path)
+    assert state == WindowState() and (tmp_path / "window.json.bad").exists()
+    path.write_text('{"params": {"scale_factor": 99}, "theme": "dark", "unknown": 1}')
+    state = load_window_state(path)
+    assert state.theme == "dark" and state.restored_params() == UpscaleParams()
