@@ -95,7 +95,12 @@ async def until(check: Callable[[], Any], timeout: float = 30, what: str = "") -
 def make_window(qtbot, loop, tmp_path: Path) -> Iterator[Callable[..., MainWindow]]:
     made: list[MainWindow] = []
 
-    def make(pool_factory: Callable[[Settings], Any] | None = None, **settings: Any) -> MainWindow:
+    def make(
+        pool_factory: Callable[[Settings], Any] | None = None,
+        *,
+        start: bool = True,
+        **settings: Any,
+    ) -> MainWindow:
         settings.setdefault("output_dir", str(tmp_path / "out"))
         session = Session(
             Settings(**settings),
@@ -106,7 +111,8 @@ def make_window(qtbot, loop, tmp_path: Path) -> Iterator[Callable[..., MainWindo
         window = MainWindow(session, state=WindowState(), confirm_quit=False)
         qtbot.addWidget(window)
         window.show()
-        window.start()
+        if start:
+            window.start()
         made.append(window)
         return window
 
@@ -373,3 +379,40 @@ def test_a_damaged_window_state_is_set_aside(tmp_path: Path) -> None:
     path.write_text('{"params": {"scale_factor": 99}, "theme": "dark", "unknown": 1}')
     state = load_window_state(path)
     assert state.theme == "dark" and state.restored_params() == UpscaleParams()
+
+
+def test_jobs_left_unfinished_by_the_last_session_resume_in_queue_and_history(
+    loop, make_window, tmp_path, photo_file
+) -> None:
+    from app.store.history import RunRecord
+
+    store = HistoryStore(tmp_path / "history-0.sqlite3")  # the one make_window opens first
+    params = UpscaleParams(seed=99)
+    store.save(
+        RunRecord(
+            id="left-running",
+            created=1.0,
+            state="running",
+            backend="local",
+            input=str(photo_file),
+            output=str(tmp_path / "out" / "resumed.png"),
+            params=params.to_dict(),
+            seed=99,
+        )
+    )
+    store.close()
+    (tmp_path / "out").mkdir()
+    window = make_window(quick_pool(QuickBackend()), start=False)
+
+    async def scenario() -> Any:
+        window.start()
+        job = window.session.job("left-running")
+        await until(lambda: job.state == JobState.succeeded, what="the resumed job")
+        await until(lambda: window.history.select_run("left-running"), what="its history row")
+        return job
+
+    job = run(loop, scenario())
+    assert window.queue.job_ids() == ["left-running"]
+    assert window.history.selected_records()[0].state == "succeeded"
+    assert job.outcome.output == tmp_path / "out" / "resumed.png" and job.params.seed == 99
+    assert job.outcome.output.exists()
