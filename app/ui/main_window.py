@@ -168,7 +168,7 @@ class MainWindow(QMainWindow):
         s.started.connect(self._on_started)
         s.device_found.connect(self.status.set_device)
         s.models_checked.connect(self.status.set_models)
-        s.notice.connect(self.status.say)
+        s.notice.connect(lambda message: self.status.say(message, error=True))
         self.run_button.clicked.connect(self.upscale)
         self.params.changed.connect(self._update_run_info)
         self.params.validity_changed.connect(lambda _ok: self._update_run_info())

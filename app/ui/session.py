@@ -16,13 +16,14 @@ import importlib.metadata
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Signal
 
-from app.store.history import HistoryError, HistoryStore, RunRecord
+from app.store.history import HistoryError, HistoryStore, RunRecord, history_path
 from app.store.naming import output_path
 from app.store.presets import PresetStore
 from app.store.settings import Settings, load_settings, save_settings
@@ -61,11 +62,14 @@ class Session(QObject):
         presets: PresetStore | None = None,
         pool_factory: Callable[[Settings], Any] | None = None,
         probe_device: bool = True,
+        history_file: Path | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings or load_settings()
         self.presets = presets or PresetStore()
         self._history = history
+        self._history_file = history_file
+        self.problems: list[str] = []  # said in the status bar once the window shows
         self._pool_factory = pool_factory
         self._probe_device = probe_device
         self.controller: JobController | None = None
@@ -78,8 +82,24 @@ class Session(QObject):
     @property
     def history(self) -> HistoryStore:
         if self._history is None:
-            self._history = HistoryStore()
+            self._history = self._open_history(self._history_file or history_path())
         return self._history
+
+    def _open_history(self, path: Path) -> HistoryStore:
+        """Open the run history; a damaged database is set aside (never deleted) and a new one
+        started, so the window always opens and the old file can still be recovered."""
+        try:
+            return HistoryStore(path)
+        except HistoryError as exc:
+            aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(OSError):
+                    Path(str(path) + suffix).replace(str(aside) + suffix)
+            self.problems.append(
+                f"The run history could not be read ({exc}); it was set aside as {aside.name} "
+                "and a new one started."
+            )
+            return HistoryStore(path)
 
     def _make_pool(self, settings: Settings) -> Any:
         if self._pool_factory is not None:
@@ -103,6 +123,8 @@ class Session(QObject):
         except HistoryError as exc:
             self.notice.emit(f"Could not read the run history: {exc}")
         self.started.emit(resumed)
+        for problem in self.problems:
+            self.notice.emit(problem)
         self.spawn(self.check_models())
         if self._probe_device:
             self.spawn(self._find_device())

@@ -416,3 +416,16 @@ def test_jobs_left_unfinished_by_the_last_session_resume_in_queue_and_history(
     assert window.history.selected_records()[0].state == "succeeded"
     assert job.outcome.output == tmp_path / "out" / "resumed.png" and job.params.seed == 99
     assert job.outcome.output.exists()
+
+
+def test_a_damaged_history_is_set_aside_and_the_window_still_opens(qtbot, tmp_path) -> None:
+    path = tmp_path / "history.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    session = Session(Settings(), history_file=path, probe_device=False)
+    window = MainWindow(session, state=WindowState(), confirm_quit=False)
+    qtbot.addWidget(window)
+    aside = list(tmp_path.glob("history.sqlite3.damaged-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not a database")
+    assert "set aside as history.sqlite3.damaged-" in session.problems[0]
+    assert session.history.list() == []  # a fresh, working history
+    session.history.close()
