@@ -49,6 +49,7 @@ knobs have no local counterpart at all.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline.params import UpscaleParams
 
@@ -60,6 +61,7 @@ __all__ = [
     "backend_info",
     "backends",
     "model_label",
+    "restrict",
     "scale_limits",
 ]
 
@@ -230,6 +232,27 @@ def accepted_fields(backend: str, model: str = "") -> frozenset[str]:
     """The dotted :class:`UpscaleParams` field names ``backend`` (running ``model``, or its
     default model for ``""``) actually takes; the window hides the others."""
     return _model(backend, model).fields
+
+
+def restrict(params: UpscaleParams, backend: str, model: str = "") -> UpscaleParams:
+    """``params`` with every field ``backend``/``model`` does not take put back to its default.
+
+    The window hides those fields but keeps their values (for switching back); what it sends
+    must not carry them, because a provider refuses a setting it cannot express. ``mode`` is
+    kept: it only says which local pass runs, and remote results record the pass they ran. A
+    seed the provider cannot take becomes ``None``: the provider draws its own."""
+    accepted = accepted_fields(backend, model)
+    defaults, current = UpscaleParams().to_dict(), params.to_dict()
+    changes: dict[str, Any] = {}
+    for name, _spec, _default in UpscaleParams.specs():
+        if name in accepted or name == "mode":
+            continue
+        group, _, leaf = name.rpartition(".")
+        default = (defaults[group] if group else defaults)[leaf]
+        if (current[group] if group else current)[leaf] != default:
+            # A provider that takes no seed draws its own: "random" is what really happens.
+            changes[name] = None if name == "seed" else default
+    return params.replace(**changes) if changes else params
 
 
 def model_label(backend: str, model: str) -> str:

@@ -64,6 +64,24 @@ _CLARITY_FIELDS = (
     "scheduler", "tiling_width", "tiling_height", "num_inference_steps", "downscaling",
     "downscaling_resolution", "output_format", "prompt", "negative_prompt",
 )  # fmt: skip
+# The open model's knobs that the ClarityAI models have no input for (they have their own -10..10
+# knobs instead), and each family's knobs, which only its own model reads.
+_OPEN_ONLY = {
+    "creativity": "the open model's creativity (use creative.creativity)",
+    "resemblance": "the open model's resemblance (use creative.resemblance)",
+    "dynamic": "the open model's dynamic/CFG (use creative.dynamic)",
+    "negative_prompt": "a negative prompt",
+    "sd_model": "a choice of checkpoint",
+    "scheduler": "a choice of scheduler",
+    "tiling_width": "a tile width",
+    "tiling_height": "a tile height",
+    "num_inference_steps": "a number of steps",
+    "downscaling_resolution": "a downscaling resolution",
+}
+_KNOBS = {
+    CREATIVE: ("creative", "the ClarityAI creative upscaler's knobs"),
+    FLUX: ("flux", "the ClarityAI flux upscaler's knobs"),
+}
 _EXTRA_NETWORK = re.compile(r"<\w+:[^>]*>")
 _IMAGE_B64 = ("iVBORw0KGgo", "/9j/", "UklGR")  # PNG, JPEG, WebP
 
@@ -93,12 +111,17 @@ def map_params(model: str, params: UpscaleParams) -> dict[str, Any]:
     for name, what in _LOCAL_ONLY.items():
         if getattr(params, name) != getattr(_DEFAULTS, name):
             refuse(name, f"Segmind's {model} has no setting for {what}")
+    for knobs_model, (group, what) in _KNOBS.items():
+        if model != knobs_model and getattr(params, group) != getattr(_DEFAULTS, group):
+            refuse(group, f"Segmind's {model} does not read {what}")
     if model == CLARITY:
         fields = _clarity_fields(params, refuse)
     else:
-        for name, what in _CLARITY_ONLY.items():
+        for name, what in {**_CLARITY_ONLY, **_OPEN_ONLY}.items():
             if getattr(params, name) != getattr(_DEFAULTS, name):
                 refuse(name, f"Segmind's {model} does not support {what}")
+        if params.seed is not None and params.seed != _DEFAULTS.seed:
+            refuse("seed", f"Segmind's {model} takes no seed (it draws its own)")
         fields = _clarityai_fields(model, params, refuse)
     if refused:
         listed = "; ".join(f"{k}: {' / '.join(v)}" for k, v in refused.items())

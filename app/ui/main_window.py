@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.backends.base import JobState
+from app.backends.capabilities import restrict
 from app.jobs import JobEvent
 from app.store.history import RunRecord
 from app.ui.actions import build_actions
@@ -309,7 +310,9 @@ class MainWindow(QMainWindow):
         paths = self.inputs.paths()
         backend, model = self.params.backend()
         try:
-            params = self.params.params_for_run()
+            # Hidden settings keep their values in the panel but are not sent to a backend that
+            # cannot take them (it would refuse the job).
+            params = restrict(self.params.params_for_run(), backend, model)
         except ParamsError as exc:
             self.status.say(str(exc), error=True)
             return

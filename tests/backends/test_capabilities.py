@@ -56,15 +56,11 @@ TEXT = {
 _ENGINE_AND_KNOBS = {"mode", "upscaler", "upscaler_channel_order"}
 _CREATIVE = {n for n in ALL_FIELDS if n.startswith("creative.")}
 _FLUX = {n for n in ALL_FIELDS if n.startswith("flux.")}
-_CLARITYAI_DROPS = {
-    *("creativity", "resemblance", "dynamic", "negative_prompt", "seed", "sd_model"),
-    *("scheduler", "tiling_width", "tiling_height", "num_inference_steps"),
-    *("downscaling_resolution", "mode"),
-}
 IGNORED: dict[tuple[str, str], set[str]] = {
-    ("segmind", "clarity-upscaler"): {"mode", *_CREATIVE, *_FLUX},
-    ("segmind", "clarityai-creative-upscaler"): _CLARITYAI_DROPS | _FLUX,
-    ("segmind", "clarityai-flux-upscaler"): _CLARITYAI_DROPS | _CREATIVE,
+    # Segmind refuses every setting a model cannot express; only the local mode is moot there.
+    ("segmind", "clarity-upscaler"): {"mode"},
+    ("segmind", "clarityai-creative-upscaler"): {"mode"},
+    ("segmind", "clarityai-flux-upscaler"): {"mode"},
     ("apiframe", "clarity-upscale"): {
         *_ENGINE_AND_KNOBS, *_CREATIVE, *_FLUX, "downscaling_resolution"
     },
@@ -314,3 +310,22 @@ def test_importing_it_loads_no_http_client_provider_or_qt():
     forbidden = {"httpx", "PySide6", "torch", "app.jobs.providers", "app.backends.remote"}
     forbidden |= {module for module, _ in PROVIDERS.values()} | {"app.backends.local"}
     assert not loaded & forbidden
+
+
+def test_restrict_resets_what_a_backend_cannot_take_so_its_mapper_accepts_it() -> None:
+    from app.backends import segmind_params
+    from app.backends.capabilities import restrict
+
+    params = UpscaleParams(
+        negative_prompt="blurry", seed=77, num_inference_steps=30, sharpen=2, scale_factor=4
+    ).replace(**{"creative.fractality": 5, "flux.creativity": 7})
+    with pytest.raises(JobError, match="negative prompt"):
+        segmind_params.map_params(segmind_params.CREATIVE, params)
+    sent = restrict(params, "segmind", segmind_params.CREATIVE)
+    assert sent.negative_prompt == UpscaleParams().negative_prompt and sent.seed is None
+    assert sent.num_inference_steps == 18 and sent.sharpen == 0 and sent.flux.creativity == 3
+    assert sent.creative.fractality == 5 and sent.scale_factor == 4  # what it takes is kept
+    assert segmind_params.map_params(segmind_params.CREATIVE, sent)["fractality"] == 5
+    assert restrict(params, "local") == params.replace(  # local reads all but the closed knobs
+        **{"creative.fractality": 1, "flux.creativity": 3}
+    )
