@@ -62,6 +62,8 @@ _UNSUPPORTED = (
     "downscaling",
     "pattern",
     "multistep_factor",
+    "creative",  # the closed ClarityAI models' knobs
+    "flux",
 )
 _STATES = {
     "QUEUED": JobState.queued,

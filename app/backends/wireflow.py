@@ -84,6 +84,7 @@ WORKFLOW_NAME = "Clarifier: Clarity upscale"
 _UNSUPPORTED = (
     *("sd_model", "scheduler", "tiling_width", "tiling_height", "lora_links", "custom_sd_model"),
     *("mask", "handfix", "downscaling", "pattern", "multistep_factor"),
+    *("creative", "flux"),  # the closed ClarityAI models' knobs
 )
 _STATES = {
     **dict.fromkeys(("PENDING", "QUEUED"), JobState.queued),

@@ -61,11 +61,9 @@ IGNORED: dict[tuple[str, str], set[str]] = {
     ("segmind", "clarity-upscaler"): {"mode"},
     ("segmind", "clarityai-creative-upscaler"): {"mode"},
     ("segmind", "clarityai-flux-upscaler"): {"mode"},
-    ("apiframe", "clarity-upscale"): {
-        *_ENGINE_AND_KNOBS, *_CREATIVE, *_FLUX, "downscaling_resolution"
-    },
+    ("apiframe", "clarity-upscale"): {*_ENGINE_AND_KNOBS, "downscaling_resolution"},
     ("wireflow", "process:clarityai_crystal_upscaler"): {
-        *_ENGINE_AND_KNOBS, *_CREATIVE, *_FLUX, "downscaling_resolution", "seed"
+        *_ENGINE_AND_KNOBS, "downscaling_resolution", "seed"
     },
     ("replicate", "philz1337x/clarity-upscaler"): {"mode"},
     ("cog", "philz1337x/clarity-upscaler"): {"mode"},
