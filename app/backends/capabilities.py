@@ -242,13 +242,12 @@ def restrict(params: UpscaleParams, backend: str, model: str = "") -> UpscalePar
     kept: it only says which local pass runs, and remote results record the pass they ran. A
     seed the provider cannot take becomes ``None``: the provider draws its own."""
     accepted = accepted_fields(backend, model)
-    defaults, current = UpscaleParams().to_dict(), params.to_dict()
+    current = params.to_dict()
     changes: dict[str, Any] = {}
-    for name, _spec, _default in UpscaleParams.specs():
+    for name, _spec, default in UpscaleParams.specs():
         if name in accepted or name == "mode":
             continue
         group, _, leaf = name.rpartition(".")
-        default = (defaults[group] if group else defaults)[leaf]
         if (current[group] if group else current)[leaf] != default:
             # A provider that takes no seed draws its own: "random" is what really happens.
             changes[name] = None if name == "seed" else default

@@ -12,18 +12,15 @@ import asyncio
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-_STARTED = time.perf_counter()  # as early as this module can see; the benchmark uses wall time
+import qasync
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import QApplication
 
-import qasync  # noqa: E402 - after the start-time mark on purpose
-from PySide6.QtCore import Qt, QTimer  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
-
-from app.ui.theme import apply_theme  # noqa: E402
+from app.ui.theme import apply_theme
 
 __all__ = ["build_parser", "main", "make_loop"]
 
@@ -76,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_theme(args.theme or window.saved_theme())
     window.show()
     if args.ready_file:
-        window.first_paint.connect(lambda: _mark_ready(Path(args.ready_file)))
+        ready = Path(args.ready_file)
+        window.first_paint.connect(lambda: ready.write_text("painted\n", encoding="utf-8"))
     inputs = list(args.inputs)
     # Start the controller on the first turn of the loop after the window has painted.
     QTimer.singleShot(0, lambda: window.start(inputs))
@@ -86,11 +84,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     with loop:
         loop.run_until_complete(closed.wait())
     return window.exit_code
-
-
-def _mark_ready(path: Path) -> None:
-    """Tell whoever started us that the window is painted, and how long that took."""
-    path.write_text(f"{time.perf_counter() - _STARTED:.4f}\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ class InputStrip(QListWidget):
         )
         canvas = QPixmap(_THUMB, _THUMB)
         canvas.fill(Qt.GlobalColor.transparent)
-        with _painter(canvas) as painter:
+        with QPainter(canvas) as painter:
             painter.drawImage(
                 (_THUMB - scaled.width()) // 2, (_THUMB - scaled.height()) // 2, scaled
             )
@@ -130,16 +130,3 @@ class InputStrip(QListWidget):
         for item in self._items_for(path):
             item.setText(f"⚠ {Path(path).name}")
             item.setToolTip(f"{path}\n{message}")
-
-
-class _painter:
-    """A QPainter that always ends, even when drawing raises."""
-
-    def __init__(self, device: QPixmap) -> None:
-        self._painter = QPainter(device)
-
-    def __enter__(self) -> QPainter:
-        return self._painter
-
-    def __exit__(self, *exc: object) -> None:
-        self._painter.end()

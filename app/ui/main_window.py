@@ -182,7 +182,7 @@ class MainWindow(QMainWindow):
         self.queue.resolve_requested.connect(s.resolve)
         self.queue.preview.connect(self._on_preview)
         self.queue.selected.connect(self._follow_job)
-        self.queue.open_requested.connect(self._open_job)
+        self.queue.open_requested.connect(self._follow_job)
         self.history.open_requested.connect(self.open_run)
         self.history.compare_requested.connect(self.compare_runs)
         self.history.rerun_requested.connect(self.rerun)
@@ -377,9 +377,6 @@ class MainWindow(QMainWindow):
     def _on_preview(self, job_id: str, data: bytes) -> None:
         if job_id == self._focus_job:
             self.compare.set_preview(data)
-
-    def _open_job(self, job_id: str) -> None:
-        self._follow_job(job_id)
 
     def _on_started(self, resumed: list[Job]) -> None:
         self._update_run_info()

@@ -210,7 +210,7 @@ class Session(QObject):
                     params,
                     backend=backend,
                     model=model,
-                    options=self.engine_options(),
+                    options=self.settings.engine_options(),
                 )
             )
         return jobs
@@ -236,9 +236,6 @@ class Session(QObject):
         dirs = list(self.settings.model_dirs)
         check = await asyncio.to_thread(find_models, params, dirs)
         return missing_message(check.missing, check.searched) if check.missing else None
-
-    def engine_options(self) -> dict[str, Any]:
-        return self.settings.engine_options()
 
     def rerun(self, record: RunRecord, *, same_seed: bool) -> Job:
         """Run a history entry again: the same parameters and input, the same or a new seed."""
