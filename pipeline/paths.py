@@ -7,6 +7,7 @@ Otherwise the platform's usual places are used (``~/.cache/clarifier`` and so on
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from pathlib import Path
 
@@ -41,9 +42,11 @@ def config_dir() -> Path:
 
 
 def resources_dir() -> Path:
-    """The read-only ``resources/`` folder: built-in presets, manifests, sample images."""
-    here = Path(__file__).resolve().parent.parent / "resources"
-    if here.is_dir():
-        return here
-    installed = Path(__file__).resolve().parent / "_resources"
-    return installed
+    """The read-only resources (built-in presets, the model manifest, SD 1.5 configs, desktop
+    files): the top-level ``resources/`` folder, installed as the package
+    ``clarifier_resources`` and found through ``importlib.resources`` in a wheel and in an
+    editable install alike."""
+    root = importlib.resources.files("clarifier_resources")
+    if not isinstance(root, Path):  # a zip import: diffusers and Qt need real files
+        raise RuntimeError(f"Clarifier's resources must be installed as files, not in {root}")
+    return root

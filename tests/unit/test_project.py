@@ -35,6 +35,7 @@ def test_top_level_layout_is_exactly_the_agreed_one() -> None:
         "pipeline",
         "resources",
         "packaging",
+        "requirements",
         "tests",
         "README.md",
         ".ci",
