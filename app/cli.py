@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from app.backends.base import JobError, JobState
+from app.cli_desktop import add_desktop_parser, cmd_desktop
 from app.cli_jobs import add_jobs_parser, add_keys_parser, cmd_jobs, cmd_keys, open_history
 from app.cli_models import UsageError as ModelsUsageError
 from app.cli_models import add_models_parser, cmd_models, model_dirs_from
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clarifier",
         description="Generative (Clarity-style) and faithful image upscaling.",
-        epilog="Run `clarifier` alone, or `clarifier gui [IMAGES...]`, to open the window.",
+        epilog="Run `clarifier` alone, `clarifier IMAGES...` or `clarifier gui [IMAGES...]` to "
+        "open the window.",
     )
     parser.add_argument("--version", action="version", version=f"clarifier {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -138,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_parser(sub)
     add_keys_parser(sub)
     add_jobs_parser(sub)
+    add_desktop_parser(sub)
     return parser
 
 
@@ -483,6 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "models": cmd_models,
         "keys": cmd_keys,
         "jobs": cmd_jobs,
+        "desktop": cmd_desktop,
     }
     if args.command is None:
         parser.print_help()

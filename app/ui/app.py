@@ -18,11 +18,14 @@ from pathlib import Path
 
 import qasync
 from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
+from app import APP_ID
 from app.ui.theme import apply_theme
+from pipeline.paths import resources_dir
 
-__all__ = ["build_parser", "main", "make_loop"]
+__all__ = ["app_icon", "build_parser", "main", "make_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def app_icon() -> QIcon:
+    """The window's icon, from the same hicolor files the desktop entry installs."""
+    icon = QIcon()
+    for png in sorted((resources_dir() / "icons" / "hicolor").glob(f"*/apps/{APP_ID}.png")):
+        icon.addFile(str(png))
+    return icon
+
+
 def make_loop(app: QApplication) -> asyncio.AbstractEventLoop:
     """An asyncio event loop that runs on Qt's; tests use it too.
 
@@ -60,11 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("CLARIFIER_LOG", "WARNING").upper())
     QApplication.setApplicationName("Clarifier")
     QApplication.setOrganizationName("Clarifier")
-    QApplication.setDesktopFileName("clarifier")
+    QApplication.setDesktopFileName(APP_ID)  # the Wayland app id: the launcher's name
     QApplication.setHighDpiScaleFactorRoundingPolicy(
         Qt.HighDpiScaleFactorRoundingPolicy.PassThrough
     )
     app = QApplication(sys.argv[:1])
+    app.setWindowIcon(app_icon())
     loop = make_loop(app)
 
     from app.ui.main_window import MainWindow  # the widgets; still no torch, no httpx

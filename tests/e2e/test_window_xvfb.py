@@ -65,8 +65,7 @@ def test_first_run_upscales_a_photo_and_shows_it_everywhere(tmp_path: Path) -> N
                 sys.executable,
                 "-m",
                 "app.entry",
-                "gui",
-                str(photo),
+                str(photo),  # as "Open with Clarifier" starts it: `clarifier FILE`
                 "--ready-file",
                 str(ready),
                 "--theme",
