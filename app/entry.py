@@ -11,7 +11,7 @@ from pathlib import Path
 
 __all__ = ["COMMANDS", "main", "wants_window"]
 
-# The CLI's subcommands (tests/unit/test_cli.py checks this against its parser).
+# The CLI's subcommands (tests/unit/test_packaging.py checks this against app.cli.parser).
 COMMANDS = frozenset({"upscale", "info", "params", "presets", "models", "keys", "jobs", "desktop"})
 _LINK_SCHEMES = ("http://", "https://", "file://")
 

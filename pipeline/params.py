@@ -170,10 +170,12 @@ class _Validated:
     """Shared validation, conversion and introspection for the parameter dataclasses."""
 
     _prefix: ClassVar[str] = ""
+    # Every subclass is a dataclass: this tells the type checker so (dataclasses.fields).
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def __post_init__(self) -> None:
         errors: list[FieldError] = []
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):
             spec: Spec = f.metadata["spec"]
             if spec.kind in (CreativeKnobs, FluxKnobs):
                 if not isinstance(getattr(self, f.name), spec.kind):
@@ -195,7 +197,7 @@ class _Validated:
     @classmethod
     def specs(cls) -> Iterator[tuple[str, Spec, Any]]:
         """Yield ``(dotted name, spec, default)`` for every leaf field, nested groups included."""
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        for f in dataclasses.fields(cls):
             spec: Spec = f.metadata["spec"]
             if spec.kind in (CreativeKnobs, FluxKnobs):
                 for name, sub, default in spec.kind.specs():
@@ -205,7 +207,7 @@ class _Validated:
 
     def _to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             out[f.name] = value._to_dict() if isinstance(value, _Validated) else value
         return out
@@ -214,7 +216,7 @@ class _Validated:
     def _from_dict(cls, data: Mapping[str, Any], prefix: str = "") -> Any:
         if not isinstance(data, Mapping):
             raise ParamsError(FieldError(prefix.rstrip(".") or "params", data, "a mapping"))
-        names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        names = {f.name: f for f in dataclasses.fields(cls)}
         unknown = [k for k in data if k not in names]
         if unknown:
             raise ParamsError([_unknown(prefix + k, data[k], names) for k in unknown])
@@ -256,14 +258,17 @@ def _check(spec: Spec, value: Any) -> Any:
             raise _Invalid
     elif spec.kind is str and not isinstance(value, str):
         raise _Invalid
-    if spec.aliases and value in spec.aliases:
+    if spec.aliases and isinstance(value, str) and value in spec.aliases:  # aliases: str keys
         value = spec.aliases[value]
     if spec.choices is not None and value not in spec.choices:
         raise _Invalid
-    if spec.minimum is not None and value < spec.minimum:
-        raise _Invalid
-    if spec.maximum is not None and value > spec.maximum:
-        raise _Invalid
+    if spec.minimum is not None or spec.maximum is not None:
+        if not isinstance(value, int | float):  # bounds only make sense for numbers
+            raise _Invalid
+        if spec.minimum is not None and value < spec.minimum:
+            raise _Invalid
+        if spec.maximum is not None and value > spec.maximum:
+            raise _Invalid
     return value
 
 

@@ -87,7 +87,7 @@ def _preview_png(array: Any) -> str:
 
 
 def _run(channel: _Channel, commands: _Commands, message: dict[str, Any]) -> None:
-    from pipeline.engine import EngineOptions, Progress, upscale_file
+    from pipeline.engine import EngineOptions, upscale_file
     from pipeline.errors import (
         Cancelled,
         ImageError,
@@ -97,6 +97,7 @@ def _run(channel: _Channel, commands: _Commands, message: dict[str, Any]) -> Non
         PipelineError,
     )
     from pipeline.params import UpscaleParams
+    from pipeline.progress import Progress
 
     job = str(message.get("job"))
     last_preview = 0.0

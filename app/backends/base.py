@@ -5,6 +5,11 @@ written output file. It reports what happens through :class:`BackendEvent` and f
 :class:`JobError`, whose ``kind`` carries the retry rule. The job controller owns scheduling,
 retries and state; backends translate their provider's states and errors at this boundary.
 Cancelling is asyncio cancellation of :meth:`Backend.run`.
+
+What a backend *is* (its label, models, vendor URL, key variables, whether it needs a key and
+whether cancelling stops the work) is not stated here or in its module but in its entry in
+:mod:`app.backends.registry`: a class names the entry (``class SegmindBackend(RemoteBackend,
+backend="segmind")``) and :meth:`Backend.__init_subclass__` sets those class attributes from it.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from app.backends import registry
 from pipeline.params import UpscaleParams
 
 __all__ = [
@@ -140,11 +146,29 @@ class Outcome:
 
 Report = Callable[[BackendEvent], None]
 
+# The class attributes a backend takes from its registry entry, and may not state itself.
+_FROM_REGISTRY = frozenset(
+    {"info", "name", "label", "models", "default_base_url", "key_envs", "needs_key", "can_cancel"}
+)
+
 
 class Backend(ABC):
-    """Runs requests somewhere: the local worker process, or a provider over HTTP."""
+    """Runs requests somewhere: the local worker process, or a provider over HTTP.
 
-    name: str = ""
+    A concrete backend names its registry entry as a class keyword (``backend="local"``) and
+    takes its facts from there; the attributes below are those facts (empty on a class that
+    names no entry, such as a test double, which sets its own)."""
+
+    # --- from the registry entry (set by __init_subclass__) ---------------------------------
+    info: ClassVar[registry.BackendInfo | None] = None  # the entry itself
+    name: ClassVar[str] = ""  # "local", "segmind", ...
+    label: ClassVar[str] = ""  # how people call it: "Segmind"
+    models: ClassVar[tuple[str, ...]] = ()  # the models it can run; the first is the default
+    default_base_url: ClassVar[str] = ""  # the vendor's scheme and host; "" for local
+    key_envs: ClassVar[tuple[str, ...]] = ()  # where the key may be set, in the order read
+    needs_key: ClassVar[bool] = False
+    can_cancel: ClassVar[bool] = False  # whether cancelling stops the work (and the billing)
+
     concurrency: int = 1  # how many jobs the controller may run on it at once
     # Set when the app quits with jobs in flight: a cancellation then only stops watching (the
     # jobs resume next start) and must not cancel anything at the provider.
@@ -159,3 +183,24 @@ class Backend(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release processes, connections and files."""
+
+    def __init_subclass__(cls, *, backend: str | None = None, **kwargs: Any) -> None:
+        """``backend``: the registry entry this class runs; its facts become the class's."""
+        super().__init_subclass__(**kwargs)
+        if backend is None:
+            return
+        restated = sorted(_FROM_REGISTRY & set(vars(cls)))
+        if restated:
+            raise TypeError(
+                f"{cls.__name__} restates {', '.join(restated)}; the registry entry "
+                f"{backend!r} says that (app/backends/registry.py)"
+            )
+        info = registry.get(backend)
+        cls.info = info
+        cls.name = info.name
+        cls.label = info.label
+        cls.models = info.models
+        cls.default_base_url = info.default_url
+        cls.key_envs = info.key_envs
+        cls.needs_key = info.needs_key
+        cls.can_cancel = info.can_cancel

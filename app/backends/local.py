@@ -145,10 +145,10 @@ class _Worker:
         return f"The engine process {what}.{last}"
 
 
-class LocalBackend(Backend):
-    """Runs requests on this computer, one at a time, in a reusable worker process."""
+class LocalBackend(Backend, backend="local"):
+    """Runs requests on this computer, one at a time, in a reusable worker process. Its name,
+    label and cancel support come from its registry entry (``registry.get("local")``)."""
 
-    name = "local"
     concurrency = 1
 
     def __init__(

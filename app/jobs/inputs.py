@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from pipeline.images import SUPPORTED_SUFFIXES
+from pipeline.io.load import SUPPORTED_SUFFIXES
 from pipeline.paths import data_dir
 
 if TYPE_CHECKING:

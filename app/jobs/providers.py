@@ -2,52 +2,29 @@
 
 :class:`ProviderPool` makes one backend per (provider, model) on first use, all of a provider's
 models sharing one HTTP client, one request budget and one concurrency limit. Each provider's key
-comes from the environment or the keyring (:mod:`app.store.secrets`), its base URL from
-``CLARIFIER_<NAME>_BASE_URL``, the settings, or the vendor's default, and its request budget from
-``CLARIFIER_<NAME>_RPM`` or the settings (Segmind's free tier allows 5 a minute; a Pro plan
-raises it).
+comes from the environment or the keyring (:mod:`app.store.secrets`, asked for the variables
+:mod:`app.backends.registry` names), its base URL from ``CLARIFIER_<NAME>_BASE_URL``, the
+settings, or the vendor's default, and its request budget from ``CLARIFIER_<NAME>_RPM`` or the
+settings (Segmind's free tier allows 5 a minute; a Pro plan raises it). The provider classes are
+imported on first use, so a CLI run loads only its own.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 
+from app.backends import registry
 from app.backends.base import Backend
-from app.backends.pacing import RequestBudget
-from app.store.secrets import find_key, key_envs
+from app.backends.remote import RequestBudget
+from app.store.secrets import find_key
 from app.store.settings import Settings
 from pipeline.paths import data_dir
 
-__all__ = ["PROVIDERS", "ProviderPool", "provider_class", "provider_key_envs"]
-
-# backend name → (module, class); imported on first use so a CLI run loads only its own.
-PROVIDERS: dict[str, tuple[str, str]] = {
-    "segmind": ("app.backends.segmind", "SegmindBackend"),
-    "apiframe": ("app.backends.apiframe", "ApiframeBackend"),
-    "wireflow": ("app.backends.wireflow", "WireflowBackend"),
-    "replicate": ("app.backends.replicate", "ReplicateBackend"),
-    "cog": ("app.backends.cog", "CogBackend"),
-    "fal": ("app.backends.fal", "FalBackend"),
-}
-
-
-def provider_class(name: str) -> type:
-    try:
-        module, cls = PROVIDERS[name]
-    except KeyError:
-        known = ", ".join(["local", *PROVIDERS])
-        raise ValueError(f"unknown backend {name!r}; available: {known}") from None
-    return getattr(importlib.import_module(module), cls)
-
-
-def provider_key_envs(name: str) -> tuple[str, ...]:
-    """Where ``name``'s key may be set: the backend's own variables, then Clarifier's."""
-    return tuple(dict.fromkeys((*provider_class(name).key_envs, *key_envs(name))))
+__all__ = ["ProviderPool", "make_client"]
 
 
 def make_client() -> httpx.AsyncClient:
@@ -90,17 +67,17 @@ class ProviderPool:
         return self._client
 
     def names(self) -> list[str]:
-        return ["local", *PROVIDERS]
+        return list(registry.names())
 
     def concurrency(self, name: str) -> int:
         if name == "local":
             return self.get("local").concurrency
         if name in self.settings.provider_concurrency:
             return self.settings.provider_concurrency[name]
-        return int(provider_class(name).default_concurrency)
+        return int(registry.backend_class(name).default_concurrency)
 
     def base_url(self, name: str) -> str:
-        cls = provider_class(name)
+        cls = registry.backend_class(name)
         return (
             self._env.get(f"CLARIFIER_{name.upper()}_BASE_URL")
             or self.settings.provider_urls.get(name)
@@ -109,7 +86,7 @@ class ProviderPool:
 
     def budget(self, name: str) -> RequestBudget:
         if name not in self._budgets:
-            cls = provider_class(name)
+            cls = registry.backend_class(name)
             limit, window = cls.budget_limit
             rpm = self._env.get(f"CLARIFIER_{name.upper()}_RPM") or self.settings.provider_rpm.get(
                 name
@@ -120,7 +97,7 @@ class ProviderPool:
         return self._budgets[name]
 
     def api_key(self, name: str) -> str | None:
-        envs = provider_key_envs(name)
+        envs = registry.key_envs(name)
         if self._env is os.environ:
             return find_key(name, envs).key
         for var in envs:  # an explicit environment (tests): no keyring
@@ -148,7 +125,7 @@ class ProviderPool:
                     backend = LocalBackend()
                 self._backends[("local", "")] = backend
             return self._backends[("local", "")]
-        cls = provider_class(name)
+        cls = registry.backend_class(name)
         model = model or (cls.models[0] if cls.models else "")
         if (name, model) not in self._backends:
             kwargs: dict[str, Any] = {

@@ -1,9 +1,11 @@
 """Provider API keys: in the OS keyring, overridable by environment variables.
 
-A key is looked up in the environment first (the vendor's own variable where one exists, such as
-``SEGMIND_API_KEY``, else ``CLARIFIER_<PROVIDER>_API_KEY``), then in the keyring under the service
-``clarifier``. Keys are never written to files, logs, the history or output metadata; code that
-shows one uses :func:`mask`.
+A key is looked up in the environment variables the caller names first (for a provider, its
+vendor's own variable where one exists, such as ``SEGMIND_API_KEY``, then
+``CLARIFIER_<PROVIDER>_API_KEY``: :attr:`app.backends.registry.BackendInfo.key_envs`), then in the
+keyring under the service ``clarifier``. This module knows no provider: the variable names are
+always passed in, so the store stays below the backends. Keys are never written to files, logs,
+the history or output metadata; code that shows one uses :func:`mask`.
 """
 
 from __future__ import annotations
@@ -12,16 +14,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["KeyInfo", "SecretsError", "delete_key", "find_key", "key_envs", "mask", "set_key"]
+__all__ = ["KeyInfo", "SecretsError", "delete_key", "find_key", "mask", "set_key"]
 
 SERVICE = "clarifier"
-
-# The vendors' own variable names; every provider also answers to CLARIFIER_<NAME>_API_KEY.
-_VENDOR_ENVS = {
-    "segmind": ("SEGMIND_API_KEY",),
-    "replicate": ("REPLICATE_API_TOKEN",),
-    "fal": ("FAL_KEY",),
-}
 
 
 class SecretsError(Exception):
@@ -39,11 +34,6 @@ class KeyInfo:
         return mask(self.key) if self.key else ""
 
 
-def key_envs(provider: str) -> tuple[str, ...]:
-    """The environment variables that hold ``provider``'s key, in the order they are read."""
-    return (*_VENDOR_ENVS.get(provider, ()), f"CLARIFIER_{provider.upper()}_API_KEY")
-
-
 def mask(key: str) -> str:
     """Enough of a key to recognise it, never enough to use it: ``SG_…a1b2``."""
     key = key.strip()
@@ -54,13 +44,15 @@ def mask(key: str) -> str:
 
 
 def _keyring():  # imported lazily: the keyring package probes D-Bus backends on import
-    import keyring
+    import keyring.errors  # binds ``keyring``; delete_key catches one of its errors
 
     return keyring
 
 
-def find_key(provider: str, envs: Sequence[str] | None = None) -> KeyInfo:
-    for name in envs or key_envs(provider):
+def find_key(provider: str, envs: Sequence[str]) -> KeyInfo:
+    """``provider``'s key: from the first of the variables ``envs`` that is set, else from the
+    keyring."""
+    for name in envs:
         value = os.environ.get(name, "").strip()
         if value:
             return KeyInfo(value, f"env:{name}")
@@ -71,16 +63,17 @@ def find_key(provider: str, envs: Sequence[str] | None = None) -> KeyInfo:
     return KeyInfo(value, "keyring") if value else KeyInfo(None, "")
 
 
-def set_key(provider: str, key: str) -> None:
+def set_key(provider: str, key: str, envs: Sequence[str]) -> None:
+    """Store ``provider``'s key in the keyring; ``envs`` are the variables that can hold it
+    instead (the first is named when the keyring cannot store it)."""
     key = key.strip()
     if not key:
         raise SecretsError("the key is empty")
     try:
         _keyring().set_password(SERVICE, provider, key)
     except Exception as exc:  # noqa: BLE001
-        env = key_envs(provider)[0]
         raise SecretsError(
-            f"the system keyring cannot store the key ({_why(exc)}); set {env} in the "
+            f"the system keyring cannot store the key ({_why(exc)}); set {envs[0]} in the "
             "environment instead"
         ) from None
 

@@ -22,7 +22,7 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 from app import APP_ID
-from app.ui.theme import apply_theme
+from app.ui.window.theme import apply_theme
 from pipeline.paths import resources_dir
 
 __all__ = ["app_icon", "build_parser", "main", "make_loop"]
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     app.setWindowIcon(app_icon())
     loop = make_loop(app)
 
-    from app.ui.main_window import MainWindow  # the widgets; still no torch, no httpx
+    from app.ui.window.main_window import MainWindow  # the widgets; still no torch, no httpx
 
     window = MainWindow()
     apply_theme(args.theme or window.saved_theme())
@@ -93,8 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     closed = asyncio.Event()
     app.aboutToQuit.connect(closed.set)
-    with loop:
+    try:
         loop.run_until_complete(closed.wait())
+    finally:  # what qasync's ``with loop:`` does (its loop class is built at run time, untyped)
+        loop.stop()
+        loop.close()
     return window.exit_code
 
 

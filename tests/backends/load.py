@@ -19,9 +19,10 @@ from typing import Any
 
 from PIL import Image
 
-from app.backends.pacing import PollCadence, RequestBudget
+from app.backends import registry
+from app.backends.remote import PollCadence, RequestBudget
 from app.jobs import JobController, JobState
-from app.jobs.providers import ProviderPool, provider_class
+from app.jobs.providers import ProviderPool
 from app.store.history import HistoryStore
 from app.store.settings import Settings
 from pipeline.params import UpscaleParams
@@ -167,7 +168,7 @@ def check(fleet: Fleet, jobs: list[Any], window: float, limit: int) -> dict[str,
         api = [s.real for s in double.log if not re.match(r"^/(cdn|upload)/", s.path)]
         peak = max_in_window(api, window)
         assert peak <= limit, f"{name}: {peak} requests in {window} s, budget {limit}"
-        if not provider_class(name).idempotent_submit:
+        if not registry.backend_class(name).idempotent_submit:
             assert double.count("POST", submit) == len(mine), f"{name}: a job was submitted twice"
         figures[name] = {
             "jobs": len(mine),

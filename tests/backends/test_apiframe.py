@@ -9,10 +9,10 @@ import uuid
 import httpx
 import pytest
 
-from app.backends.apiframe import ApiframeBackend
 from app.backends.base import ErrorKind, JobError, JobState, Request
-from app.backends.pacing import PollCadence, RequestBudget
-from pipeline.images import read_run_info
+from app.backends.providers.apiframe import ApiframeBackend
+from app.backends.remote import PollCadence, RequestBudget
+from pipeline.io.load import read_run_info
 from pipeline.params import UpscaleParams
 from tests.doubles.apiframe import Account, ApiframeDouble
 from tests.doubles.http_double import Resp, Scenario, tiny_png, until

@@ -1,15 +1,18 @@
-"""The capability table against the real backends: their classes, and their parameter mappings.
+"""The registry's capability table against the real backends: their classes, and their mappings.
 
-:mod:`app.backends.capabilities` restates facts so that the window need not import the provider
-modules. These tests keep it honest. The central one probes every leaf parameter through every
-remote backend's own mapping (``map_params``, plus Wireflow's node config): a field the table
-lists must be taken and change the request for some valid value; a field it leaves out must be
-refused or have no effect, so the window never offers a knob that a provider drops.
+:mod:`app.backends.registry` (which :mod:`app.backends.capabilities` reads) describes each
+backend once, so that the window need not import the provider modules; the classes read their
+label, models, URL and key variables from it. Which fields each model takes is stated there
+too, and only the mappings can confirm it: these tests do. The central one probes every leaf
+parameter through every remote backend's own mapping (``map_params``, plus Wireflow's node
+config): a field the table lists must be taken and change the request for some valid value; a
+field it leaves out must be refused or have no effect, so the window never offers a knob that a
+provider drops.
 
 What reaches a provider, as modelled here: the mapped fields; the mask, which the remote
-template hands to ``submit`` (Segmind puts it in the body through ``_body``; Replicate and Cog
-add it to the inputs, see test_replicate's mask test); and the output format, which every remote
-result is saved in by Clarifier itself (``RemoteBackend._finish``).
+template hands to ``submit`` (Segmind puts it in the body through ``request_body``; Replicate and
+Cog add it to the inputs, see test_replicate's mask test); and the output format, which every
+remote result is saved in by Clarifier itself (``RemoteBackend.finish``).
 """
 
 from __future__ import annotations
@@ -28,16 +31,17 @@ import httpx
 import pytest
 
 from app.backends import capabilities as caps
+from app.backends import registry
 from app.backends.base import ErrorKind, JobError
+from app.backends.providers.wireflow_graph import fallback_spec, node_config
 from app.backends.remote import RemoteBackend
-from app.backends.wireflow_graph import fallback_spec, node_config
-from app.jobs.providers import PROVIDERS, provider_class
 from pipeline.errors import ParamsError
 from pipeline.params import Spec, UpscaleParams, emulate_creative_upscaler
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = UpscaleParams()
 ALL_FIELDS = [name for name, _, _ in UpscaleParams.specs()]
+PROVIDERS = registry.provider_names()
 REMOTE = [(name, model) for name in PROVIDERS for model in caps.backend_info(name).models]
 
 # Plausible values for free-text fields; the URL-shaped ones are what a provider can fetch.
@@ -128,7 +132,7 @@ def client() -> Iterator[httpx.AsyncClient]:
 
 def make(client: httpx.AsyncClient, name: str, model: str) -> RemoteBackend:
     extra: dict[str, Any] = {"workflow_cache": {}} if name == "wireflow" else {}
-    return provider_class(name)(client, None, "key", model=model or None, **extra)
+    return registry.backend_class(name)(client, None, "key", model=model or None, **extra)
 
 
 def sent(backend: RemoteBackend, params: UpscaleParams) -> dict[str, Any]:
@@ -138,7 +142,7 @@ def sent(backend: RemoteBackend, params: UpscaleParams) -> dict[str, Any]:
     if backend.name == "wireflow":  # settled against the node at submit; the fallback node here
         fields = node_config(fallback_spec(), fields, UpscaleParams(), backend.label)
     if backend.name == "segmind":
-        fields = backend._body(fields, "IMAGE", params.mask)  # type: ignore[attr-defined]
+        fields = backend.request_body(fields, "IMAGE", params.mask)  # type: ignore[attr-defined]
     elif backend.name in MASK_SENT and params.mask:
         fields = {**fields, "mask": params.mask}
     return {"request": fields, "saved as": params.output_format}
@@ -218,7 +222,7 @@ def test_the_creative_emulation_moves_only_what_the_local_engine_takes():
     assert emulated["mode"] == "creative"
 
 
-# --- the facts restated from the classes ------------------------------------------------------
+# --- the registry's own facts, and the classes it names -------------------------------------
 def test_backends_are_local_then_the_providers_in_order():
     assert [b.name for b in caps.backends()] == ["local", *PROVIDERS]
     local = caps.backend_info("local")
@@ -226,21 +230,17 @@ def test_backends_are_local_then_the_providers_in_order():
         "This computer", (), False, False
     )  # fmt: skip
     assert local.can_cancel and local.default_url == ""
-    from app.backends.local import LocalBackend
-
-    assert LocalBackend.name == "local"
+    assert all(caps.backend_info(name).remote for name in PROVIDERS)
 
 
-@pytest.mark.parametrize("name", list(PROVIDERS))
-def test_provider_facts_match_the_classes(name):
-    cls = provider_class(name)
-    info = caps.backend_info(name)
-    assert info.name == cls.name == name and info.remote
-    assert info.label == cls.label
-    assert info.models == cls.models
-    assert info.needs_key is cls.needs_key
-    assert info.can_cancel is cls.can_cancel
-    assert info.default_url == cls.default_base_url
+@pytest.mark.parametrize("name", list(registry.names()))
+def test_each_entry_names_its_class_and_the_class_reads_that_entry(name):
+    # The class's label, models, URL, key variables, needs_key and can_cancel are the entry's
+    # (Backend.__init_subclass__; test_registry checks the mechanism), never restated.
+    cls = registry.backend_class(name)
+    info = registry.get(name)
+    assert cls.__module__ == info.module and cls.__name__ == info.class_name
+    assert cls.info is info and cls.name == name
 
 
 def test_every_model_has_fields_and_a_label_and_the_default_is_the_first(client):
@@ -299,20 +299,23 @@ def test_scale_limits_describe_themselves():
 
 # --- cheap to import --------------------------------------------------------------------------
 def test_importing_it_loads_no_http_client_provider_or_qt():
-    code = "import json, sys, app.backends.capabilities; print(json.dumps(sorted(sys.modules)))"
+    code = (
+        "import json, sys, app.backends.capabilities, app.backends.registry; "
+        "print(json.dumps(sorted(sys.modules)))"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     loaded = set(json.loads(result.stdout))
     forbidden = {"httpx", "PySide6", "torch", "app.jobs.providers", "app.backends.remote"}
-    forbidden |= {module for module, _ in PROVIDERS.values()} | {"app.backends.local"}
+    forbidden |= {registry.get(name).module for name in PROVIDERS} | {"app.backends.local"}
     assert not loaded & forbidden
 
 
 def test_restrict_resets_what_a_backend_cannot_take_so_its_mapper_accepts_it() -> None:
-    from app.backends import segmind_params
     from app.backends.capabilities import restrict
+    from app.backends.providers import segmind_params
 
     params = UpscaleParams(
         negative_prompt="blurry", seed=77, num_inference_steps=30, sharpen=2, scale_factor=4

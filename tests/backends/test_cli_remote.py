@@ -15,7 +15,7 @@ from app.cli import main
 from app.jobs import JobController, JobState
 from app.jobs.providers import ProviderPool
 from app.store.history import HistoryStore
-from pipeline.images import read_run_info
+from pipeline.io.load import read_run_info
 from pipeline.params import UpscaleParams
 from tests.doubles.http_double import Scenario, until
 from tests.doubles.segmind import SegmindDouble

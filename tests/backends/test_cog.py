@@ -31,10 +31,10 @@ import httpx
 import pytest
 
 from app.backends.base import ErrorKind, JobError, JobState, Request
-from app.backends.cog import CogBackend
+from app.backends.providers.cog import CogBackend
 from app.cli import main
 from app.store.history import HistoryStore
-from pipeline.images import read_run_info
+from pipeline.io.load import read_run_info
 from pipeline.params import UpscaleParams
 from tests.doubles.http_double import until
 
@@ -315,9 +315,17 @@ def test_a_busy_server_queues_the_job_until_it_is_free(server, photo, tmp_path, 
     assert any("is busy" in e.message for e in events if e.state is JobState.queued)
 
 
+def _wait_idle(server: CogServer) -> None:
+    started = time.monotonic()
+    while server.health()["status"] != "READY":
+        assert time.monotonic() - started < 10.0, "the server never became idle"
+        time.sleep(0.02)
+
+
 @pytest.mark.parametrize("sync", [False, True])
 def test_cancel_stops_the_prediction(server, photo, tmp_path, sync):
     events: list = []
+    _wait_idle(server)  # an earlier test's prediction finishing now would count as done below
     before = len(server.runs())
 
     async def go():
@@ -338,10 +346,7 @@ def test_cancel_stops_the_prediction(server, photo, tmp_path, sync):
     assert (
         err.value.kind is ErrorKind.canceled and "canceled at your Cog server" in err.value.message
     )
-    stopped = time.monotonic()
-    while server.health()["status"] != "READY":
-        assert time.monotonic() - stopped < 10.0, "the server never became idle after the cancel"
-        time.sleep(0.02)
+    _wait_idle(server)
     # Had the prediction gone on, it would have finished (2 s) and counted as done: it did not.
     assert len(server.runs()) == before + 1 and len(server.runs("done")) == done
 

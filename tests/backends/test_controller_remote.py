@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from app.backends.base import ErrorKind, JobState
-from app.backends.pacing import PollCadence, RequestBudget
+from app.backends.remote import PollCadence, RequestBudget
 from app.jobs import JobController
 from app.store.history import HistoryStore
 from pipeline.params import UpscaleParams

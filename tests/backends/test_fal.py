@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from app.backends.base import ErrorKind, JobError, JobState, Request
-from app.backends.fal import FalBackend
-from app.backends.pacing import PollCadence, RequestBudget
-from pipeline.images import read_run_info
+from app.backends.providers.fal import FalBackend
+from app.backends.remote import PollCadence, RequestBudget
+from pipeline.io.load import read_run_info
 from pipeline.params import SD_MODELS, UpscaleParams
 from tests.doubles.fal import DAY, KEY, FalDouble, FalScenario
 from tests.doubles.http_double import Resp, tiny_png, until

@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from app.backends.base import ErrorKind, JobError, JobState, Request
-from app.backends.pacing import PollCadence, RequestBudget
-from pipeline.images import read_run_info
+from app.backends.remote import PollCadence, RequestBudget
+from pipeline.io.load import read_run_info
 from pipeline.params import UpscaleParams
 from tests.backends.toy import ToyBackend, ToyDouble
 from tests.doubles.http_double import Resp, Scenario, until

@@ -11,13 +11,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from app.backends import remote_io
 from app.backends.base import ErrorKind, JobError, JobState, Request
-from app.backends.clarity_inputs import clarity_input
-from app.backends.pacing import PollCadence, retry_hint
-from app.backends.remote import Ticket
-from app.backends.replicate import ReplicateBackend
-from pipeline.images import read_run_info
+from app.backends.providers.clarity_inputs import clarity_input
+from app.backends.providers.replicate import ReplicateBackend
+from app.backends.remote import PollCadence, Ticket, prepare_input, retry_hint
+from pipeline.io.load import read_run_info
 from pipeline.params import UpscaleParams
 from tests.doubles.http_double import Resp, Scenario, VirtualClock, WindowLimiter, until
 from tests.doubles.replicate import CLARITY, CLARITY_VERSION, OLD_VERSION, ReplicateDouble
@@ -340,7 +338,7 @@ def test_dropped_upload_job_is_reconciled_across_pages(double, photo, big_photo,
 
 def test_an_ambiguous_match_stops_in_submit_unknown(double, photo, tmp_path):
     params = UpscaleParams(seed=7)
-    image = remote_io.prepare_input(photo).data_url()
+    image = prepare_input(photo).data_url()
     twin = {**clarity_input(params, "Replicate"), "image": image}
     httpx.post(
         f"{double.url}/v1/predictions",

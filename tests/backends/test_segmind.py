@@ -14,11 +14,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from app.backends import remote_io
 from app.backends.base import ErrorKind, JobError, JobState, Request
-from app.backends.pacing import PollCadence, RequestBudget
-from app.backends.segmind import SegmindBackend
-from pipeline.images import read_run_info
+from app.backends.providers.segmind import SegmindBackend
+from app.backends.remote import PollCadence, RequestBudget, stash
+from pipeline.io.load import read_run_info
 from pipeline.params import UpscaleParams
 from tests.doubles.http_double import Resp, Scenario, until
 from tests.doubles.segmind import BAD_KEY, KEY, MISSING_KEY, SegmindDouble
@@ -472,7 +471,7 @@ def test_sync_result_kept_before_a_crash_is_saved_on_resume(double, photo, tmp_p
     assert done["phase"] == "done" and done["outputs"][0].startswith("segmind-sync:")
     # As if Clarifier stopped after keeping the paid-for bytes but before saving the output.
     (tmp_path / "out.png").unlink()
-    remote_io.stash(tmp_path / "out.png", "j1", _png(30, 20))
+    stash(tmp_path / "out.png", "j1", _png(30, 20))
     outcome, _ = run(double, photo, tmp_path, resume=done, sync=True)
     assert read_run_info(outcome.output).output_size == (30, 20) and double.count("POST") == 1
     err = error_of(double, photo, tmp_path, resume=done, sync=True)  # the stash is gone now

@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from app.backends.base import ErrorKind, JobError, JobState, Request
-from app.backends.pacing import PollCadence, RequestBudget
-from app.backends.wireflow import WireflowBackend
-from app.backends.wireflow_graph import fallback_spec, find_node, node_config
-from pipeline.images import read_run_info
+from app.backends.providers.wireflow import WireflowBackend
+from app.backends.providers.wireflow_graph import fallback_spec, find_node, node_config
+from app.backends.remote import PollCadence, RequestBudget
+from pipeline.io.load import read_run_info
 from pipeline.params import UpscaleParams
 from tests.doubles.http_double import Resp, Scenario, tiny_png, until
 from tests.doubles.wireflow import NODE_TYPE, WfKey, WireflowDouble

@@ -10,8 +10,7 @@ from __future__ import annotations
 import secrets
 
 from app.backends.base import JobState
-from app.backends.pacing import PollCadence
-from app.backends.remote import RemoteBackend, RemoteStatus, Ticket
+from app.backends.remote import PollCadence, RemoteBackend, RemoteStatus, Ticket
 from tests.doubles.http_double import LoopbackDouble, Req, Resp, tiny_png
 
 

@@ -56,7 +56,7 @@ from PySide6.QtGui import QImage, QMouseEvent, QPainter, QWheelEvent  # noqa: E4
 from PySide6.QtWidgets import QApplication, QWidget  # noqa: E402
 
 from app.ui.compare import CompareView, build_pyramid  # noqa: E402
-from pipeline.images import load_image  # noqa: E402
+from pipeline.io.load import load_image  # noqa: E402
 
 FRAME_BUDGET_MS = 50.0
 

@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiling_overhead() -> None:
+    from pipeline.diffusion.tiling import plan_tiles
     from pipeline.params import UpscaleParams
-    from pipeline.tiling import plan_tiles
 
     print("\n## 1. Tiling overhead at Clarity defaults (from 1024×1024)")
     print(
@@ -75,7 +75,7 @@ def _make_input(megapixels: float, out_dir: Path) -> Path:
     """A textured input for a ×2 run to ``megapixels``, built row-band by row-band in uint8."""
     import numpy as np
 
-    from pipeline.images import save_image
+    from pipeline.io.save import save_image
 
     src = out_dir / f"in-{megapixels:g}.png"
     if src.exists():
@@ -96,10 +96,10 @@ def _rss_child(models: Path, megapixels: float, out_dir: Path) -> dict:
     """Runs in a fresh process: one creative run to a ``megapixels`` output."""
     import torch
 
-    import pipeline.creative as creative
+    import pipeline.diffusion.passes as creative
     from pipeline.engine import EngineOptions, upscale_file
     from pipeline.params import UpscaleParams
-    from pipeline.post import lanczos_resize
+    from pipeline.sr.post import lanczos_resize
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
 
@@ -192,8 +192,8 @@ def tile_step(unet, controlnet, device, dtype, *, hidden: int, repeats: int) -> 
     import numpy as np
     import torch
 
-    from pipeline.multidiffusion import TiledDenoiser
-    from pipeline.tiling import plan_tiles
+    from pipeline.diffusion.multidiffusion import TiledDenoiser
+    from pipeline.diffusion.tiling import plan_tiles
 
     plan = plan_tiles(112, 144, 112, 144)
     hint = np.random.default_rng(0).integers(0, 255, (1152, 896, 3), dtype=np.uint8)
@@ -220,7 +220,7 @@ def tile_steps(models: Path, device_name: str) -> float | None:
     import torch
 
     from pipeline.device import default_dtype, pick_device
-    from pipeline.sd_loading import load_pipeline
+    from pipeline.diffusion.sd_loading import load_pipeline
 
     device = pick_device(device_name)
     dtype = default_dtype(device)
@@ -261,9 +261,9 @@ def full_pass(device_name: str) -> None:
     import numpy as np
     import torch
 
-    from pipeline.creative import CreativeSettings, run_passes
-    from pipeline.creative_run import creative_settings
     from pipeline.device import pick_device
+    from pipeline.diffusion.passes import CreativeSettings, run_passes
+    from pipeline.diffusion.run import creative_settings
     from pipeline.params import UpscaleParams
 
     device = pick_device(device_name)
@@ -294,8 +294,8 @@ def full_pass(device_name: str) -> None:
     class Lanczos:
         pass
 
-    import pipeline.creative as creative
-    from pipeline.post import lanczos_resize
+    import pipeline.diffusion.passes as creative
+    from pipeline.sr.post import lanczos_resize
 
     creative.pre_upscale = lambda img, s, _m, **_k: lanczos_resize(
         img, (int(img.shape[1] * s // 8 * 8), int(img.shape[0] * s // 8 * 8))

@@ -68,8 +68,8 @@ def _child(job: dict) -> dict:
     import torch
 
     from pipeline.device import default_dtype, describe_device, pick_device
-    from pipeline.preupscale import default_margin, plan_tiles, pre_upscale
-    from pipeline.sr_models import load_upscaler
+    from pipeline.sr.loading import load_upscaler
+    from pipeline.sr.preupscale import default_margin, plan_tiles, pre_upscale
 
     device = pick_device(job["device"])
     model = load_upscaler(job["model"], device=device, dtype=default_dtype(device))

@@ -104,9 +104,9 @@ def bench_stalls(scale: float, size: int) -> None:
     from app.backends.base import JobState
     from app.store.settings import Settings
     from app.ui.app import make_loop
-    from app.ui.main_window import MainWindow
-    from app.ui.session import Session
-    from app.ui.window_state import WindowState
+    from app.ui.window.main_window import MainWindow
+    from app.ui.window.session import Session
+    from app.ui.window.state import WindowState
 
     photo = tmp / "coffee.png"
     Image.fromarray(data.coffee()).resize((size, size * 2 // 3)).save(photo)

@@ -4,7 +4,7 @@ The bytes are in the real formats (a .safetensors header that matches the file; 
 whose data.pkl only rebuilds containers) but hold a few numbers, so the store's finding, hashing,
 downloading and checking can be tested in milliseconds. :func:`fake_resources` writes a
 resources folder (models.json + sd15/) whose entries mirror the real manifest's ids, roles and
-file names, with the sizes and hashes of the fake bytes; point ``pipeline.model_store
+file names, with the sizes and hashes of the fake bytes; point ``pipeline.models.store
 .resources_dir`` at it.
 """
 

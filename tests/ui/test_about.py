@@ -7,8 +7,8 @@ import importlib.metadata
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 
-from app.ui.about import PROJECT_URL, AboutDialog
-from pipeline.model_manifest import load_manifest
+from app.ui.dialogs.about import PROJECT_URL, AboutDialog
+from pipeline.models.manifest import load_manifest
 from tests.ui.test_settings_dialog import unnamed_controls
 
 

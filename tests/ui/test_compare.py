@@ -376,7 +376,7 @@ def test_transparency_shows_over_a_checkerboard(qtbot, view, tmp_path) -> None:
 
 
 def test_16_bit_png_is_shown_at_8_bits(qtbot, view, tmp_path) -> None:
-    from pipeline.images import save_image
+    from pipeline.io.save import save_image
 
     deep = np.full((30, 40, 3), (65535, 32896, 0), np.uint16)
     path = tmp_path / "deep.png"

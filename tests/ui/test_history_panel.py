@@ -12,9 +12,9 @@ from PySide6.QtCore import QElapsedTimer, Qt, QTimer
 from PySide6.QtGui import QImage
 
 from app.store.history import HistoryStore, RunRecord
-from app.ui.history_model import Column
-from app.ui.history_panel import PAGE, HistoryPanel
-from app.ui.thumbs import ThumbnailLoader
+from app.ui.history.model import Column
+from app.ui.history.panel import PAGE, HistoryPanel
+from app.ui.shared.thumbs import ThumbnailLoader
 from pipeline.params import UpscaleParams
 
 T0 = 1_800_000_000.0
@@ -355,7 +355,7 @@ def test_two_thousand_runs_load_without_blocking(
 
 
 def test_reveal_commands_per_platform(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.ui import desktop
+    from app.ui.shared import desktop
 
     path = Path("/pics/a,b/c d.png")
     assert desktop.reveal_command(path, "darwin") == ["open", "-R", str(path)]

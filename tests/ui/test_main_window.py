@@ -23,9 +23,9 @@ from app.jobs.providers import ProviderPool
 from app.store.history import HistoryStore
 from app.store.settings import Settings
 from app.ui.app import make_loop
-from app.ui.main_window import MainWindow
-from app.ui.session import Session
-from app.ui.window_state import WindowState, load_window_state
+from app.ui.window.main_window import MainWindow
+from app.ui.window.session import Session
+from app.ui.window.state import WindowState, load_window_state
 from pipeline.params import UpscaleParams
 from tests.doubles.segmind import KEY, SegmindDouble
 
@@ -168,14 +168,14 @@ def test_paste_takes_image_data_and_paths(loop, make_window, photo_file) -> None
     window = make_window(quick_pool(QuickBackend()))
     image = QImage(str(photo_file))
     QGuiApplication.clipboard().setImage(image)
-    window.actions.paste()
+    window.window_actions.paste()
     path = run(loop, until(lambda: window.inputs.paths(), what="the pasted image"))[0]
     assert path.name.startswith("pasted-") and Image.open(path).size == (96, 96)
     QGuiApplication.clipboard().setText(str(photo_file))
-    window.actions.paste()
+    window.window_actions.paste()
     run(loop, until(lambda: window.inputs.count() == 2, what="the pasted path"))
     QGuiApplication.clipboard().setText("just some words")
-    window.actions.paste()
+    window.window_actions.paste()
     assert "clipboard holds no image" in window.status.message.text()
 
 
@@ -325,7 +325,8 @@ def test_layout_and_last_parameters_persist(loop, make_window) -> None:
 
 def test_every_menu_action_has_a_shortcut_or_a_reason_and_controls_have_names(make_window) -> None:
     window = make_window(quick_pool(QuickBackend()))
-    keys = [a.shortcut().toString() for a in window.actions.all if not a.shortcut().isEmpty()]
+    actions = window.window_actions.all
+    keys = [a.shortcut().toString() for a in actions if not a.shortcut().isEmpty()]
     assert len(keys) == len(set(keys)), "two actions share a shortcut"
     for text in ("Ctrl+O", "Ctrl+V", "Ctrl+Return", "Ctrl+,", "Ctrl+Shift+M", "Ctrl+Q"):
         assert text in keys, text

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import QThreadPool
 
-from app.ui import model_tasks
-from app.ui.model_manager import ModelManagerDialog
-from app.ui.model_table import LICENCE, STATE, WHERE
-from pipeline import model_manifest
+from app.ui.dialogs import model_tasks
+from app.ui.dialogs.model_manager import ModelManagerDialog
+from app.ui.dialogs.model_table import LICENCE, STATE, WHERE
 from pipeline.errors import Cancelled, ModelError
-from pipeline.model_files import file_hashes
-from pipeline.model_store import ROLE_FOLDERS, ModelEntry, human_size, load_manifest, models_dir
+from pipeline.models import manifest
+from pipeline.models.files import file_hashes
+from pipeline.models.store import ROLE_FOLDERS, ModelEntry, human_size, load_manifest, models_dir
 from tests.doubles.fake_models import fake_resources
 from tests.ui.test_settings_dialog import unnamed_controls
 
@@ -36,7 +36,7 @@ def blobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str,
     for name in ("DATA", "CACHE", "CONFIG"):
         monkeypatch.setenv(f"CLARIFIER_{name}_DIR", str(tmp_path / name.lower()))
     data = fake_resources(tmp_path / "resources")
-    monkeypatch.setattr(model_manifest, "resources_dir", lambda: tmp_path / "resources")
+    monkeypatch.setattr(manifest, "resources_dir", lambda: tmp_path / "resources")
     yield data
     QThreadPool.globalInstance().waitForDone(5000)  # no worker outlives the test's folders
 

@@ -20,15 +20,15 @@ from PySide6.QtWidgets import (
 
 from app.backends import capabilities as caps
 from app.store.presets import PresetStore
-from app.ui.params_fields import (
+from app.ui.params.fields import (
     BoolEditor,
     ChoiceEditor,
     NumberEditor,
     SeedEditor,
     TextEditor,
 )
-from app.ui.params_look import error_color, field_label
-from app.ui.params_panel import ParamsPanel
+from app.ui.params.look import error_color, field_label
+from app.ui.params.panel import ParamsPanel
 from pipeline.errors import ParamsError
 from pipeline.params import UpscaleParams, emulate_creative_upscaler
 

@@ -10,7 +10,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
 from app.store.presets import PresetStore
-from app.ui.presets_bar import PresetsBar
+from app.ui.params.presets_bar import PresetsBar
 from pipeline.errors import FieldError, ParamsError
 from pipeline.params import SD_MODELS, UpscaleParams
 from tests.conftest import ROOT

@@ -12,10 +12,10 @@ from PySide6.QtGui import QColor, QPalette
 
 from app.backends.base import ErrorKind, JobError, JobState
 from app.jobs import Job, JobEvent
-from app.ui import messages
-from app.ui.queue_model import QueueRole
-from app.ui.queue_panel import QueuePanel
-from app.ui.thumbs import ThumbnailLoader
+from app.ui.queue.model import QueueRole
+from app.ui.queue.panel import QueuePanel
+from app.ui.shared import messages
+from app.ui.shared.thumbs import ThumbnailLoader
 from pipeline.params import UpscaleParams
 
 

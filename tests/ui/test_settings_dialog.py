@@ -4,7 +4,7 @@ finding an A1111 folder."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -21,10 +21,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.jobs.providers import PROVIDERS, provider_key_envs
+from app.backends import registry
 from app.store import secrets
 from app.store.settings import Settings
-from app.ui.settings_dialog import SettingsDialog
+from app.ui.dialogs.settings import SettingsDialog
 
 KEY = "r8_Zk3pQv7sLmN2xYw8TuB4e9fQa"
 
@@ -32,8 +32,9 @@ KEY = "r8_Zk3pQv7sLmN2xYw8TuB4e9fQa"
 @pytest.fixture(autouse=True)
 def no_env_keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No provider key or override from the environment, unless a test sets one."""
-    for name in PROVIDERS:
-        for var in (*provider_key_envs(name), f"CLARIFIER_{name.upper()}_BASE_URL"):
+    for info in registry.providers():
+        name = info.name
+        for var in (*info.key_envs, f"CLARIFIER_{name.upper()}_BASE_URL"):
             monkeypatch.delenv(var, raising=False)
         monkeypatch.delenv(f"CLARIFIER_{name.upper()}_RPM", raising=False)
     yield
@@ -46,10 +47,10 @@ def keyring(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     store: dict[str, str] = {}
     real_find = secrets.find_key
 
-    def set_key(provider: str, key: str) -> None:
+    def set_key(provider: str, key: str, envs: Sequence[str]) -> None:
         store[provider] = key
 
-    def find_key(provider: str, envs: tuple[str, ...] | None = None) -> secrets.KeyInfo:
+    def find_key(provider: str, envs: Sequence[str]) -> secrets.KeyInfo:
         found = real_find(provider, envs)  # the environment first, as the real one
         if found.source.startswith("env:") or provider not in store:
             return found
@@ -247,7 +248,7 @@ def test_saving_a_key_stores_it_in_the_keyring_and_shows_it_masked(
 
 
 def test_a_keyring_error_is_shown_plainly(qtbot, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(provider: str, key: str) -> None:
+    def broken(provider: str, key: str, envs: Sequence[str]) -> None:
         raise secrets.SecretsError(
             "the system keyring cannot store the key (NoKeyringError: no backend); set "
             "SEGMIND_API_KEY in the environment instead"

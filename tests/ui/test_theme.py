@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.ui.theme import apply_theme, is_dark
+from app.ui.window.theme import apply_theme, is_dark
 
 
 def test_dark_and_light_schemes_change_the_palette(qapp) -> None:

@@ -14,8 +14,8 @@ from PIL import Image
 from PySide6.QtCore import QCoreApplication, QThread
 from PySide6.QtGui import QImage
 
-from app.ui import thumbs
-from app.ui.thumbs import ThumbnailLoader, decode_thumbnail
+from app.ui.shared import thumbs
+from app.ui.shared.thumbs import ThumbnailLoader, decode_thumbnail
 
 
 def wait_ready(qtbot: Any, loader: ThumbnailLoader, path: Path, size: int) -> QImage:

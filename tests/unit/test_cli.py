@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.cli import main, plan
-from pipeline.images import read_run_info
+from app.cli import main
+from app.cli.upscale import plan
+from pipeline.io.load import read_run_info
 from pipeline.params import UpscaleParams
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -219,7 +220,7 @@ def test_the_progress_line_fits_the_terminal_and_shows_tiles(monkeypatch) -> Non
     import os as _os
 
     from app.backends.base import JobState
-    from app.cli_progress import ProgressLine
+    from app.cli.progress import ProgressLine
     from app.jobs import Job, JobEvent
 
     monkeypatch.setattr("shutil.get_terminal_size", lambda *_: _os.terminal_size((60, 20)))
@@ -247,7 +248,7 @@ def test_the_progress_line_fits_the_terminal_and_shows_tiles(monkeypatch) -> Non
 
 
 def test_info_params_and_presets_commands(tmp_path: Path, capsys) -> None:
-    from pipeline.images import save_image
+    from pipeline.io.save import save_image
     from pipeline.metadata import RunInfo
 
     info = RunInfo(

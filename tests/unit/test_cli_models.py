@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from app import cli
+from app.cli import upscale
 from app.store.settings import load_settings
-from pipeline import model_manifest
-from pipeline.model_store import entry_by_id, load_manifest, models_dir
+from pipeline.models import manifest
+from pipeline.models.store import entry_by_id, load_manifest, models_dir
 from tests.doubles.fake_models import fake_resources
 from tests.doubles.hf_hub import HubDouble
 
@@ -23,7 +24,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
     for name in ("DATA", "CACHE", "CONFIG"):
         monkeypatch.setenv(f"CLARIFIER_{name}_DIR", str(tmp_path / name.lower()))
     blobs = fake_resources(tmp_path / "resources")
-    monkeypatch.setattr(model_manifest, "resources_dir", lambda: tmp_path / "resources")
+    monkeypatch.setattr(manifest, "resources_dir", lambda: tmp_path / "resources")
     return blobs
 
 
@@ -214,7 +215,7 @@ def test_upscale_takes_models_folders_and_fails_fast_when_files_are_missing(
         seen.update(options=options, mode=params.mode)
         return 0
 
-    monkeypatch.setattr(cli, "run_items", fake_run)
+    monkeypatch.setattr(upscale, "run_items", fake_run)
     args = ["upscale", str(SAMPLE), "-o", out, "--mode", "creative", "--models", str(webui)]
     assert cli.main(args) == 0
     assert seen["mode"] == "creative"

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-import pipeline.creative as creative
-from pipeline.engine import EngineOptions, Progress, upscale, upscale_file
+import pipeline.diffusion.passes as creative
+from pipeline.engine import EngineOptions, upscale, upscale_file
 from pipeline.errors import Cancelled, ModelError, PipelineError
-from pipeline.images import LoadedImage, SourceInfo, load_image, read_run_info, save_image
+from pipeline.io import LoadedImage, SourceInfo, load_image, read_run_info, save_image
 from pipeline.params import UpscaleParams
-from pipeline.post import sharpen
+from pipeline.progress import Progress
+from pipeline.sr.post import sharpen
 
 UPSCALER = "realesr-animevideov3"  # the compact bundled net keeps the tests fast
 
@@ -170,7 +171,7 @@ class _FlakyUnet(torch.nn.Module):
 
 
 def test_out_of_memory_halves_batch_then_tile(options, monkeypatch):
-    import pipeline.creative_run as run
+    import pipeline.diffusion.run as run
 
     real_get = run._pipelines().get
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import tiled_vae
-from pipeline.multidiffusion import TiledDenoiser
+from pipeline.diffusion import tiled_vae
+from pipeline.diffusion.multidiffusion import TiledDenoiser
+from pipeline.diffusion.tiling import plan_tiles
 from pipeline.paths import resources_dir
-from pipeline.tiling import plan_tiles
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from pipeline.engine import EngineOptions, Progress, upscale, upscale_file
+from pipeline.engine import EngineOptions, upscale, upscale_file
 from pipeline.errors import Cancelled, OutputTooLarge
-from pipeline.images import load_image, read_run_info
+from pipeline.io.load import load_image, read_run_info
 from pipeline.params import UpscaleParams
+from pipeline.progress import Progress
 
 FAST = UpscaleParams(upscaler="realesr-animevideov3", scale_factor=2)
 OPTIONS = EngineOptions(device="cpu", tile=64)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import images
 from pipeline.errors import ImageError
-from pipeline.images import load_image, probe_image, read_parameters_text
+from pipeline.io import load
+from pipeline.io.load import load_image, probe_image, read_parameters_text
 from tests.unit import imagegen as gen
 
 
@@ -124,18 +124,18 @@ def test_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     def deny(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(images, "open", deny, raising=False)
+    monkeypatch.setattr(load, "open", deny, raising=False)
     with pytest.raises(ImageError, match="permission denied"):
         load_image(path)
 
 
 def test_heic_without_pillow_heif_says_how_to_install(tmp_path: Path) -> None:
-    if images._HEIF_INSTALLED:
+    if load._HEIF_INSTALLED:
         pytest.skip("pillow-heif is installed")
     path = _write(tmp_path / "phone.heic", b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 64)
     with pytest.raises(ImageError, match=r"pip install clarifier\[heif\]"):
         load_image(path)
-    assert ".heic" not in images.SUPPORTED_SUFFIXES
+    assert ".heic" not in load.SUPPORTED_SUFFIXES
 
 
 def test_mislabelled_png_loads_with_a_warning(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageOps, PngImagePlugin, features
 
-from pipeline import _png16, images
-from pipeline.images import load_image, probe_image
+from pipeline.io import _png16, load
+from pipeline.io.load import load_image, probe_image
 from tests.unit import imagegen as gen
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -411,7 +411,7 @@ def test_multipage_tiff_uses_the_first_page(tmp_path: Path) -> None:
 
 def test_import_is_light() -> None:
     code = (
-        "import sys, pipeline.images; "
+        "import sys, pipeline.io.load; "
         "heavy = [m for m in ('torch', 'cv2', 'PIL.ImageCms', 'PySide6') if m in sys.modules]; "
         "assert not heavy, heavy"
     )
@@ -422,6 +422,6 @@ def test_pillow_global_limit_is_restored(tmp_path: Path) -> None:
     before = Image.MAX_IMAGE_PIXELS
     load_image(gen.save(tmp_path / "a.png", gen.photo()))
     assert before == Image.MAX_IMAGE_PIXELS
-    assert ".png" in images.SUPPORTED_SUFFIXES and ".jpeg" in images.SUPPORTED_SUFFIXES
-    assert all(s == s.lower() and s.startswith(".") for s in images.SUPPORTED_SUFFIXES)
+    assert ".png" in load.SUPPORTED_SUFFIXES and ".jpeg" in load.SUPPORTED_SUFFIXES
+    assert all(s == s.lower() and s.startswith(".") for s in load.SUPPORTED_SUFFIXES)
     assert ImageCms  # imported by the tests, not by the module (see test_import_is_light)

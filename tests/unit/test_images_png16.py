@@ -1,4 +1,4 @@
-"""The 16-bit PNG codec behind pipeline.images, checked against a byte-by-byte reference."""
+"""The 16-bit PNG codec behind pipeline.io.load, checked against a byte-by-byte reference."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import _png16
-from pipeline.images import load_image
+from pipeline.io import _png16
+from pipeline.io.load import load_image
 from tests.unit import imagegen as gen
 
 ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),

@@ -11,15 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image, TiffImagePlugin
 
-from pipeline import _exif, _pixels, _png16, images
 from pipeline.errors import ImageError, OutputTooLarge
-from pipeline.images import (
+from pipeline.io import _exif, _png16, pixels
+from pipeline.io.icc import is_srgb
+from pipeline.io.load import (
+    bleed_transparent,
     check_output_size,
     load_image,
     read_parameters_text,
     read_run_info,
-    save_image,
 )
+from pipeline.io.save import save_image
 from pipeline.metadata import RunInfo, format_infotext
 from pipeline.params import UpscaleParams
 from tests.unit import imagegen as gen
@@ -241,7 +243,7 @@ def test_other_sources_get_an_srgb_profile(tmp_path: Path, source_kind: str) -> 
     out = save_image(tmp_path / "out.jpg", gen.photo(), source=source)
     with Image.open(out) as im:
         assert im.mode == "RGB"
-        assert images._icc.is_srgb(im.info["icc_profile"])
+        assert is_srgb(im.info["icc_profile"])
 
 
 # --- grayscale, alpha, depth ----------------------------------------------------------------------
@@ -312,7 +314,7 @@ def test_jpeg_puts_alpha_over_white(tmp_path: Path) -> None:
 
 def test_16bit_is_rounded_to_8bit() -> None:
     values = np.array([0, 128, 129, 257 * 100 + 128, 257 * 100 + 129, 65535], np.uint16)
-    np.testing.assert_array_equal(_pixels.to_8bit(values), [0, 0, 1, 100, 101, 255])
+    np.testing.assert_array_equal(pixels.to_8bit(values), [0, 0, 1, 100, 101, 255])
 
 
 def test_16bit_to_jpeg_and_webp(tmp_path: Path) -> None:
@@ -449,7 +451,7 @@ def test_bleed_keeps_opaque_pixels_and_fills_from_neighbours() -> None:
     alpha[:, :30] = 255
     alpha[:, 60:] = 255
     alpha[:, 29] = 128  # a soft edge pixel keeps its colour too
-    out = images.bleed_transparent(rgb, alpha)
+    out = bleed_transparent(rgb, alpha)
     assert out.dtype == np.uint8 and out.shape == rgb.shape
     np.testing.assert_array_equal(out[:, :30], rgb[:, :30])
     np.testing.assert_array_equal(out[:, 60:], rgb[:, 60:])
@@ -465,7 +467,7 @@ def test_bleed_on_a_photo_and_edge_cases() -> None:
     alpha = gen.alpha_mask(96, 64, np.uint16)
     garbage = picture.copy()
     garbage[alpha == 0] = 0
-    out = images.bleed_transparent(garbage, alpha)
+    out = bleed_transparent(garbage, alpha)
     visible = alpha > 0.02 * 65535
     np.testing.assert_array_equal(out[visible], garbage[visible])
     # Each filled pixel is much closer to the nearest visible colour than to the black it had.
@@ -475,9 +477,9 @@ def test_bleed_on_a_photo_and_edge_cases() -> None:
     nearest = garbage[rows, cols][~visible].astype(float)
     assert np.abs(out[~visible] - nearest).mean() < 0.3 * np.abs(nearest).mean()
     opaque = np.full((64, 96), 65535, np.uint16)
-    np.testing.assert_array_equal(images.bleed_transparent(picture, opaque), picture)
+    np.testing.assert_array_equal(bleed_transparent(picture, opaque), picture)
     clear = np.zeros((64, 96), np.uint16)
-    np.testing.assert_array_equal(images.bleed_transparent(picture, clear), picture)
+    np.testing.assert_array_equal(bleed_transparent(picture, clear), picture)
 
 
 def test_source_parameters_are_not_passed_off_as_the_outputs(tmp_path: Path) -> None:

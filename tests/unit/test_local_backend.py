@@ -12,7 +12,7 @@ from PIL import Image
 
 from app.backends.local import LocalBackend
 from app.jobs import ErrorKind, JobController, JobEvent, JobState
-from pipeline.images import read_run_info
+from pipeline.io.load import read_run_info
 from pipeline.params import UpscaleParams
 
 FAST = UpscaleParams(upscaler="realesr-animevideov3", scale_factor=2)

@@ -1,9 +1,8 @@
-"""The model manifest, finding files in A1111/ComfyUI/plain folders, and downloads through a
-loopback Hugging Face double (resume, hash checks, licences, links)."""
+"""The model manifest, hashes and file checks, finding files in A1111/ComfyUI/plain folders, and
+removing Clarifier's own (downloads are tests/unit/test_model_download.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
@@ -13,19 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import model_manifest
-from pipeline.errors import Cancelled, ModelError
-from pipeline.model_download import LicenceNotAccepted, _link_name, download, remove, verify
-from pipeline.model_files import Records, check_model_file, file_hashes, hash_file
-from pipeline.model_store import (
+from pipeline.errors import ModelError
+from pipeline.models import manifest
+from pipeline.models.files import check_model_file, file_hashes, hash_file
+from pipeline.models.store import (
     ROLES,
     entry_by_id,
     find_models,
     load_manifest,
     locate,
-    models_dir,
     resolve_models,
 )
+from pipeline.models.upkeep import remove, verify
 from pipeline.params import SD_MODELS, UpscaleParams
 from pipeline.paths import resources_dir
 from tests.doubles.fake_models import (
@@ -35,7 +33,6 @@ from tests.doubles.fake_models import (
     torch_zip,
     unsafe_pickle,
 )
-from tests.doubles.hf_hub import HubDouble
 
 _FIELDS = {
     "id": str,
@@ -73,19 +70,8 @@ def private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
     """A manifest describing tiny fake files; returns their bytes by id."""
     blobs = fake_resources(tmp_path / "resources", big=BIG)
-    monkeypatch.setattr(model_manifest, "resources_dir", lambda: tmp_path / "resources")
+    monkeypatch.setattr(manifest, "resources_dir", lambda: tmp_path / "resources")
     return blobs
-
-
-@pytest.fixture(scope="module")
-def hub():
-    with HubDouble() as double:
-        yield double
-
-
-def _serve_all(hub: HubDouble, blobs: dict[str, bytes]) -> None:
-    for entry in load_manifest():
-        hub.add_file(entry.repo, entry.path, blobs[entry.id], revision=entry.revision)
 
 
 def _place(root: Path, folders: dict[str, str], blobs: dict[str, bytes]) -> dict[str, Path]:
@@ -155,15 +141,15 @@ def test_a_broken_manifest_is_refused(tmp_path: Path, monkeypatch: pytest.Monkey
     data["models"][0]["sha256"] = "XYZ"
     data["models"][1]["role"] = "refiner"
     (tmp_path / "models.json").write_text(json.dumps(data))
-    monkeypatch.setattr(model_manifest, "resources_dir", lambda: tmp_path)
+    monkeypatch.setattr(manifest, "resources_dir", lambda: tmp_path)
     with pytest.raises(ModelError, match="sha256 is not 64 lowercase hex"):
         load_manifest()
     data["models"][0]["sha256"] = None
     (tmp_path / "models.json").write_text(json.dumps(data))
-    model_manifest._manifest.cache_clear()
+    manifest._manifest.cache_clear()
     with pytest.raises(ModelError, match="role 'refiner' is not one of"):
         load_manifest()
-    model_manifest._manifest.cache_clear()
+    manifest._manifest.cache_clear()
 
 
 # --- hashes and file checks -------------------------------------------------------------------
@@ -360,167 +346,7 @@ def test_custom_checkpoint_and_local_lora_links_are_used_directly(
         resolve_models(params.replace(custom_sd_model=str(tmp_path / "nope.safetensors")), [root])
 
 
-# --- downloads --------------------------------------------------------------------------------
-def test_download_checks_and_places_the_file_then_verify_agrees(
-    fake: dict[str, bytes], hub: HubDouble
-) -> None:
-    _serve_all(hub, fake)
-    vae = entry_by_id("vae-ft-mse-840000")
-    assert vae is not None
-    with pytest.raises(LicenceNotAccepted, match=r"MIT .*--accept-licences"):
-        download(vae, endpoint=hub.endpoint)
-    before = len(hub.seen)
-    path = download(vae, endpoint=hub.endpoint, accept_licence=True, token="secret")
-    assert path == models_dir() / "VAE" / vae.file
-    assert path.read_bytes() == fake[vae.id]
-    assert not list(path.parent.glob(".*"))  # no part files left behind
-    fresh = hub.seen[before:]
-    assert any(s.server == "cdn" for s in fresh)
-    assert all(
-        s.headers.get("Authorization") == "Bearer secret" for s in fresh if s.server == "hub"
-    )
-    assert not any("Authorization" in s.headers for s in fresh if s.server == "cdn")
-    result = verify(vae)
-    assert (result.status, result.path, result.detail) == ("verified", path, "matches sha256")
-    again = len(hub.seen)
-    assert download(vae, endpoint=hub.endpoint, accept_licence=True) == path
-    assert len(hub.seen) == again  # already there and matching: no transfer
-    path.write_bytes(fake[vae.id][:-1] + b"\x00")
-    assert verify(vae).status == "mismatch"
-    assert remove(vae) == [path] and not path.exists()
-
-
-def test_a_dropped_connection_resumes_with_a_range_request(
-    fake: dict[str, bytes], hub: HubDouble
-) -> None:
-    _serve_all(hub, fake)
-    entry = entry_by_id("control_v11f1e_sd15_tile")
-    assert entry is not None and entry.sha256
-    hub.fail_once(entry.sha256, after=700_000)
-    start = len(hub.seen)
-    path = download(entry, endpoint=hub.endpoint, accept_licence=True)
-    assert path.read_bytes() == fake[entry.id]
-    ranges = [s.headers.get("Range") for s in hub.seen[start:] if s.server == "cdn"]
-    assert ranges == [None, "bytes=700000-"]
-
-
-def test_an_interrupted_download_continues_on_the_next_call(
-    fake: dict[str, bytes], hub: HubDouble
-) -> None:
-    _serve_all(hub, fake)
-    entry = entry_by_id("control_v11f1e_sd15_tile")
-    assert entry is not None and entry.size
-    seen: list[int] = []
-    with pytest.raises(Cancelled, match="resume"):
-        download(
-            entry,
-            endpoint=hub.endpoint,
-            accept_licence=True,
-            progress=lambda done, total: seen.append(done),
-            cancel=lambda: bool(seen),
-        )
-    part = models_dir() / "ControlNet" / f".{entry.file}.part"
-    kept = part.stat().st_size
-    assert 0 < kept < entry.size and kept == seen[-1]
-    start = len(hub.seen)
-    path = download(entry, endpoint=hub.endpoint, accept_licence=True)
-    assert path.read_bytes() == fake[entry.id] and not part.exists()
-    ranges = [s.headers.get("Range") for s in hub.seen[start:] if s.server == "cdn"]
-    assert ranges == [f"bytes={kept}-"]
-
-
-def test_corrupted_or_different_files_are_deleted_and_reported(
-    fake: dict[str, bytes], hub: HubDouble
-) -> None:
-    _serve_all(hub, fake)
-    entry = entry_by_id("JuggernautNegative-neg")
-    assert entry is not None and entry.sha256
-    hub.corrupt(entry.sha256)
-    with pytest.raises(ModelError, match=r"is damaged.*its sha256 is .*it was deleted"):
-        download(entry, endpoint=hub.endpoint, accept_licence=True)
-    folder = models_dir() / "embeddings"
-    assert not (folder / entry.file).exists() and not list(folder.glob(".*"))
-    hub.state.corrupt.clear()
-    # the hub now serves another file under the name: refused before any byte is fetched
-    hub.add_file(entry.repo, entry.path, b"another file", revision=entry.revision)
-    start = len(hub.seen)
-    with pytest.raises(ModelError, match=r"now serves a different JuggernautNegative-neg\.pt"):
-        download(entry, endpoint=hub.endpoint, accept_licence=True)
-    assert [s.method for s in hub.seen[start:]] == ["HEAD"]
-
-
-def test_a_lora_without_a_full_hash_is_checked_by_its_addnet_hash_and_recorded(
-    fake: dict[str, bytes], hub: HubDouble
-) -> None:
-    _serve_all(hub, fake)
-    entry = entry_by_id("SDXLrender_v2.0")
-    assert entry is not None and entry.sha256 is None and entry.addnet_hash
-    # served as a plain (non-LFS) file: no sha256 from the server either
-    hub.add_file(entry.repo, entry.path, fake[entry.id], revision=entry.revision, lfs=False)
-    path = download(entry, endpoint=hub.endpoint, accept_licence=True)
-    first = Records(models_dir()).first_seen[entry.id]
-    assert first == hashlib.sha256(fake[entry.id]).hexdigest()
-    result = verify(entry)
-    assert result.status == "verified" and "recorded" in result.detail
-    path.unlink()
-    tampered = safetensors_bytes(64, seed=1234, metadata={"id": entry.id})  # other weights
-    hub.add_file(entry.repo, entry.path, tampered, revision=entry.revision, lfs=False)
-    with pytest.raises(ModelError, match="differs from the model's known short hash"):
-        download(entry, endpoint=hub.endpoint, accept_licence=True)
-    page = b"<html>rate limited</html>"
-    hub.add_file(entry.repo, entry.path, page, revision=entry.revision)
-    start = len(hub.seen)
-    with pytest.raises(ModelError, match=r"now serves a different .* \(25 bytes instead of"):
-        download(entry, endpoint=hub.endpoint, accept_licence=True)
-    assert [s.method for s in hub.seen[start:]] == ["HEAD"]
-    # knowing neither hash nor size, at least the format is checked
-    unknown = dataclasses.replace(entry, size=None, size_exact=False, addnet_hash=None)
-    hub.add_file(entry.repo, entry.path, page, revision=entry.revision, lfs=False)
-    with pytest.raises(ModelError, match=r"damaged \(SDXLrender_v2.0.safetensors is not a \."):
-        download(unknown, endpoint=hub.endpoint, accept_licence=True)
-    assert not list((models_dir() / "Lora").glob(".*"))
-
-
-def test_links_are_named_like_clarity_checked_and_found_by_resolve(
-    tmp_path: Path, fake: dict[str, bytes], hub: HubDouble
-) -> None:
-    assert _link_name("https://civitai.com/api/download/models/87153?type=Model", None) == (
-        "87153.safetensors"
-    )
-    assert _link_name("https://x.org/a/b/style.pt?download=true", None) == "style.pt"
-    assert _link_name("https://x.org/dl/3", 'attachment; filename="My LoRA.safetensors"') == (
-        "My LoRA.safetensors"
-    )
-    assert _link_name("https://x.org/dl/4", "attachment; filename*=UTF-8''caf%C3%A9.pt") == (
-        "café.pt"
-    )
-    assert _link_name("https://x.org/dl/../../etc", 'attachment; filename="../../x.pt"') == "x.pt"
-
-    lora = safetensors_bytes(300, seed=7)
-    url = hub.add_link(
-        "/api/download/models/1", lora, disposition='attachment; filename="grain.safetensors"'
-    )
-    hub.fail_once("/api/download/models/1", after=100)
-    path = download(url)
-    assert path == models_dir() / "Lora" / "grain.safetensors" and path.read_bytes() == lora
-    assert download(url) == path  # recorded: no second transfer
-    root = tmp_path / "install"
-    _place(root, A1111, fake)
-    models = resolve_models(UpscaleParams(mode="creative", lora_links=url), [root])
-    assert models.loras["grain"] == path
-
-    ckpt = hub.add_link("/files/custom.ckpt", torch_zip({"state_dict": {}}))
-    assert download(ckpt, role="checkpoint").parent == models_dir() / "Stable-diffusion"
-    evil = hub.add_link("/files/evil.pt", unsafe_pickle())
-    with pytest.raises(ModelError, match="would run code"):
-        download(evil)
-    page = hub.add_link("/files/page", b"<html>login</html>")
-    with pytest.raises(ModelError, match=r"not a \.safetensors file"):
-        download(page)
-    assert not list((models_dir() / "Lora").glob(".*")), "refused downloads leave nothing"
-    assert sorted(p.name for p in (models_dir() / "Lora").iterdir()) == ["grain.safetensors"]
-
-
+# --- remove (no network: pipeline.models.upkeep) ---------------------------------------------
 def test_remove_only_touches_clarifiers_own_folder(tmp_path: Path, fake: dict[str, bytes]) -> None:
     root = tmp_path / "install"
     placed = _place(root, A1111, fake)
@@ -534,24 +360,10 @@ def test_remove_only_touches_clarifiers_own_folder(tmp_path: Path, fake: dict[st
         remove("https://example.com/never.safetensors")
 
 
-# --- the double and the import contract -------------------------------------------------------
-def test_the_double_serves_files_the_way_huggingface_hub_expects(
-    tmp_path: Path, hub: HubDouble, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from huggingface_hub import constants, hf_hub_download
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    big, small = b"weights" * 5000, b'{"a": 1}'
-    hub.add_file("org/repo", "unet/model.safetensors", big)
-    hub.add_file("org/repo", "config.json", small, lfs=False)
-    for name, data in (("unet/model.safetensors", big), ("config.json", small)):
-        got = hf_hub_download("org/repo", name, endpoint=hub.endpoint, local_dir=tmp_path / "hf")
-        assert Path(got).read_bytes() == data
-
-
+# --- the import contract ---------------------------------------------------------------------
 def test_model_store_and_the_cli_part_import_no_torch() -> None:
     code = (
-        "import sys, pipeline.model_store, pipeline.model_download, app.cli_models; "
+        "import sys, pipeline.models.store, app.models.download, app.cli.models; "
         "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
         "sys.exit(str(heavy) if heavy else 0)"
     )

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import multidiffusion
+from pipeline.diffusion import multidiffusion
+from pipeline.diffusion.multidiffusion import TiledDenoiser, TileOutOfMemory, soft_injection_scales
+from pipeline.diffusion.tiling import plan_tiles
 from pipeline.errors import Cancelled
-from pipeline.multidiffusion import TiledDenoiser, TileOutOfMemory, soft_injection_scales
-from pipeline.tiling import plan_tiles
 
 
 @pytest.fixture(scope="module")

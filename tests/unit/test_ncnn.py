@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import ncnn
 from pipeline.errors import ModelError
 from pipeline.params import BUNDLED_UPSCALERS
-from pipeline.sr_arch import count_parameters
-from pipeline.sr_models import build_net
+from pipeline.sr import ncnn
+from pipeline.sr.arch import build_net, count_parameters
 
 STEMS = {
     "realesrgan-x4plus": "realesrgan-x4plus",
@@ -194,7 +193,7 @@ def test_bin_that_does_not_match_param_is_refused(tmp_path: Path) -> None:
 
 def test_fp32_blobs_and_block_count_from_file(tmp_path: Path) -> None:
     """A synthetic 2-block RRDB in ncnn format with fp32 (tag 0) weights converts as well."""
-    from pipeline.sr_arch import RRDBNet
+    from pipeline.sr.arch import RRDBNet
 
     torch.manual_seed(0)
     net = RRDBNet(num_feat=8, num_block=2, num_grow_ch=4)

@@ -21,7 +21,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from app import APP_ID
-from app.cli_desktop import desktop_files, install, uninstall
+from app.cli.desktop import desktop_files, install, uninstall
 from app.entry import COMMANDS, wants_window
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,7 +191,7 @@ def test_the_installed_wheel_finds_its_resources_outside_the_tree(
     probe = textwrap.dedent(
         """
         from pathlib import Path
-        import pipeline, pipeline.model_manifest as manifest, pipeline.sd_loading as sd
+        import pipeline, pipeline.models.manifest as manifest, pipeline.diffusion.sd_loading as sd
         from app.store.presets import PresetStore
         from pipeline.paths import resources_dir
         from transformers import CLIPTokenizer
@@ -231,7 +231,7 @@ def test_the_desktop_entry_validates() -> None:
     text = entry.read_text(encoding="utf-8")
     assert "\nExec=clarifier %F\n" in text and f"\nIcon={APP_ID}\n" in text
     # Every type the launcher offers to open is one the engine reads.
-    from pipeline.images import SUPPORTED_SUFFIXES
+    from pipeline.io.load import SUPPORTED_SUFFIXES
 
     mime = re.search(r"^MimeType=(.*)$", text, re.M)
     assert mime is not None
@@ -311,7 +311,7 @@ def test_clarifier_desktop_command_uses_xdg_data_home(tmp_path: Path) -> None:
 
 # --- `clarifier FILE` opens the window ---------------------------------------------------------
 def test_the_entry_knows_every_cli_command() -> None:
-    from app.cli import build_parser
+    from app.cli.parser import build_parser
 
     parser = build_parser()
     (sub,) = [a for a in parser._actions if a.dest == "command"]

@@ -13,7 +13,9 @@ from PIL import Image
 
 from pipeline.errors import Cancelled, ImageError, OutOfMemory, ParamsError
 from pipeline.params import floor8
-from pipeline.preupscale import (
+from pipeline.sr.arch import RRDBNet, SRVGGNetCompact
+from pipeline.sr.loading import SRModel
+from pipeline.sr.preupscale import (
     _Runner,
     border_pad,
     default_margin,
@@ -23,8 +25,6 @@ from pipeline.preupscale import (
     pre_upscale_size,
     reflect_index,
 )
-from pipeline.sr_arch import RRDBNet, SRVGGNetCompact
-from pipeline.sr_models import SRModel
 
 
 def tiny(arch: str = "RRDB", scale: int = 4, *, classic: bool = False, seed: int = 0) -> SRModel:

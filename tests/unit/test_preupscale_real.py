@@ -1,7 +1,7 @@
 """The bundled Real-ESRGAN models on real photos: a sensible result, and no measurable seams.
 
 Seams are measured against an untiled run of the same (reflect-padded) image; the default
-margins of :func:`pipeline.preupscale.default_margin` must keep them within 1 LSB (uint8).
+margins of :func:`pipeline.sr.preupscale.default_margin` must keep them within 1 LSB (uint8).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.preupscale import default_margin, pre_upscale
-from pipeline.sr_models import load_upscaler
+from pipeline.sr.loading import load_upscaler
+from pipeline.sr.preupscale import default_margin, pre_upscale
 
 CPU = torch.device("cpu")
 

@@ -38,6 +38,9 @@ def test_top_level_layout_is_exactly_the_agreed_one() -> None:
         "requirements",
         "tests",
         "README.md",
+        "ARCHITECTURE.md",
+        "CONTRIBUTING.md",
+        "CHANGELOG.md",
         ".ci",
     }
     extra = {name for name in top - allowed if not name.startswith(".")}
@@ -64,18 +67,74 @@ def test_ruff_lint_and_format_are_clean() -> None:
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
+def test_pyright_finds_no_errors() -> None:
+    """Standard mode over app and pipeline ([tool.pyright] in pyproject.toml)."""
+    result = subprocess.run(
+        [_tool("pyright"), "--pythonpath", sys.executable],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr
+    assert re.search(r"\b0 errors\b", result.stdout), result.stdout[-2000:]
+
+
 def test_import_contracts_hold() -> None:
     result = subprocess.run([_tool("lint-imports")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"Contracts: \d+ kept, 0 broken", result.stdout), result.stdout
 
 
+def test_app_imports_no_private_pipeline_module() -> None:
+    """The engine's private modules (``pipeline.io._exif``, ...) may change without notice;
+    app uses only the public ones. Lazy imports inside functions count too."""
+    import grimp
+
+    graph = grimp.build_graph("app", "pipeline", cache_dir=None)
+    private = sorted(
+        f"{importer} imports {imported}"
+        for importer in graph.modules
+        if importer.split(".")[0] == "app"
+        for imported in graph.find_modules_directly_imported_by(importer)
+        if imported.split(".")[0] == "pipeline"
+        and any(part.startswith("_") and part != "__main__" for part in imported.split("."))
+    )
+    assert not private, private
+
+
+@pytest.mark.parametrize("package", ["pipeline", "app"])
+def test_no_runtime_import_cycle(package: str) -> None:
+    import grimp  # import-linter's engine, installed with it
+
+    # A lazy import inside a function runs too, so it counts; one under `if TYPE_CHECKING:`
+    # never runs, so a cycle made only of those is allowed.
+    graph = grimp.build_graph(package, exclude_type_checking_imports=True, cache_dir=None)
+    cycles = sorted(
+        (importer, imported)
+        for importer in graph.modules
+        for imported in graph.find_modules_directly_imported_by(importer)
+        if graph.find_shortest_chain(importer=imported, imported=importer)
+    )
+    assert not cycles, cycles
+
+
 @pytest.mark.parametrize(
     "modules",
     [
-        ["pipeline", "pipeline.params", "pipeline.metadata", "pipeline.protocol"],
-        ["pipeline.tiling", "pipeline.prompt_syntax", "pipeline.model_store"],
-        ["app.cli", "app.cli_models", "app.jobs", "app.backends.local", "app.store.presets"],
+        [
+            "pipeline",
+            "pipeline.params",
+            "pipeline.metadata",
+            "pipeline.protocol",
+            "pipeline.progress",
+        ],
+        [
+            "pipeline.diffusion.tiling",
+            "pipeline.diffusion.prompt_syntax",
+            "pipeline.models.store",
+            "pipeline.io",
+        ],
+        ["app.cli", "app.cli.models", "app.jobs", "app.backends.local", "app.store.presets"],
     ],
 )
 def test_these_modules_never_import_torch(modules: list[str]) -> None:

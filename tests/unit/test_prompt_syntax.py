@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.diffusion.prompt_syntax import BREAK, LoraRequest, is_break, parse_prompt
 from pipeline.errors import ParamsError
-from pipeline.prompt_syntax import BREAK, LoraRequest, is_break, parse_prompt
 
 
 def frags(text: str) -> list[tuple[str, float]]:
@@ -227,7 +227,7 @@ def test_non_text_prompt_is_refused() -> None:
 
 
 def test_module_imports_no_torch() -> None:
-    code = "import sys, pipeline.prompt_syntax; print('torch' in sys.modules)"
+    code = "import sys, pipeline.diffusion.prompt_syntax; print('torch' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import samplers as S
+from pipeline.diffusion import samplers as S
 from pipeline.errors import ParamsError
 from pipeline.params import SCHEDULERS
 
@@ -159,7 +159,8 @@ def test_unknown_label_lists_the_supported_ones():
 
 def test_check_sampler_imports_neither_torch_nor_diffusers():
     code = (
-        "import sys; import pipeline.samplers as s; s.check_sampler('DPM++ 3M SDE Karras');"
+        "import sys; import pipeline.diffusion.samplers as s;"
+        "s.check_sampler('DPM++ 3M SDE Karras');"
         "print('torch' in sys.modules, 'diffusers' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

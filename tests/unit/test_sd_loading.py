@@ -21,9 +21,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from pipeline import sd_files, sd_loading
-from pipeline.errors import ModelError
-from pipeline.sd_loading import (
+from pipeline.diffusion import sd_files, sd_loading
+from pipeline.diffusion.sd_loading import (
     PipelineCache,
     addnet_hash,
     describe_weights,
@@ -32,6 +31,7 @@ from pipeline.sd_loading import (
     read_weights,
     set_loras,
 )
+from pipeline.errors import ModelError
 
 ROOT = Path(__file__).resolve().parents[2]
 

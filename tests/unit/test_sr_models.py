@@ -10,20 +10,19 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline import sr_models
 from pipeline.errors import ModelError
 from pipeline.params import BUNDLED_UPSCALERS
-from pipeline.sr_arch import RRDBNet, SRVGGNetCompact
-from pipeline.sr_models import bundled_upscalers, load_upscaler
+from pipeline.sr.arch import RRDBNet, SRVGGNetCompact
+from pipeline.sr.loading import bundled_upscalers, clear_model_cache, load_upscaler
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(autouse=True)
 def fresh_cache():
-    sr_models.clear_model_cache()
+    clear_model_cache()
     yield
-    sr_models.clear_model_cache()
+    clear_model_cache()
 
 
 def small_rrdb(scale: int = 4, seed: int = 0) -> RRDBNet:

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from pipeline.diffusion.text_encoder import PromptEncoder, load_embedding
 from pipeline.errors import ModelError, ParamsError
-from pipeline.text_encoder import PromptEncoder, load_embedding
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "resources" / "sd15" / "tokenizer"
 HIDDEN = 32

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import tiled_vae
+from pipeline.diffusion import tiled_vae
+from pipeline.diffusion.tiled_vae import NonFiniteOutput, decode, encode
 from pipeline.errors import Cancelled, ImageError, ModelError, ParamsError
-from pipeline.tiled_vae import NonFiniteOutput, decode, encode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CPU = torch.device("cpu")
@@ -461,7 +461,7 @@ _MEMORY_PROBE = textwrap.dedent(
     import sys, time
     import torch
     from diffusers import AutoencoderKL
-    from pipeline.tiled_vae import decode
+    from pipeline.diffusion.tiled_vae import decode
 
     def status(key):
         with open("/proc/self/status") as f:

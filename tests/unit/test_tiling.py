@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from pipeline.tiling import WRAP_MARGIN, plan_tiles, unet_pixels_ratio
+from pipeline.diffusion.tiling import WRAP_MARGIN, plan_tiles, unet_pixels_ratio
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ mode). Mouse: wheel zooms around the cursor (stopping at 100% and at fit on the 
 with the left button (outside the divider's grip) or the middle button pans, double-click
 toggles fit/100%; a touchpad pinch zooms.
 
-Pictures are decoded by :func:`pipeline.images.load_image` and turned into a
+Pictures are decoded by :func:`pipeline.io.load.load_image` and turned into a
 :class:`~app.ui.compare.pyramid.Pyramid` off the GUI thread (a quick low-resolution preview shows
 first for big files); a paint draws only the visible tiles of the level nearest the zoom.
 

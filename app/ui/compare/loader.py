@@ -3,7 +3,7 @@
 One :class:`LoadTask` per requested file runs in ``QThreadPool.globalInstance()``: it reads the
 header (the size is known at once, so the view can lay out before any pixel is decoded), shows a
 cheap preview where there is one (a JPEG decoded at 1/8 scale by the DCT, then a nearest-sampled
-copy of the decoded pixels), decodes with :func:`pipeline.images.load_image` (EXIF orientation,
+copy of the decoded pixels), decodes with :func:`pipeline.io.load.load_image` (EXIF orientation,
 ICC to sRGB, 16-bit), and builds the :class:`~app.ui.compare.pyramid.Pyramid`. Results travel
 back through :class:`LoadRelay` signals tagged with the slot and a generation number, so the view
 ignores results of a request it has since replaced; a replaced or abandoned task notices its
@@ -26,7 +26,7 @@ from PySide6.QtGui import QImage
 
 from app.ui.compare.pyramid import BuildCancelled, Pyramid, build_pyramid, preview_image
 from pipeline.errors import ImageError
-from pipeline.images import load_image, probe_image
+from pipeline.io.load import load_image, probe_image
 
 log = logging.getLogger(__name__)
 

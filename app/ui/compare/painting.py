@@ -74,8 +74,11 @@ class Frame:
     scene_w: int = 0  # the scene's width in its own pixels (the after's grid)
 
 
-def draw_content(p: QPainter, content: Content, clip: QRectF, frame: Frame) -> None:
-    """Draw a picture stretched over the scene rectangle, restricted to ``clip``."""
+def draw_content(p: QPainter, content: Content | None, clip: QRectF, frame: Frame) -> None:
+    """Draw a picture stretched over the scene rectangle, restricted to ``clip`` (None, a
+    picture not loaded yet: nothing)."""
+    if content is None:
+        return
     image_rect = QRectF(frame.origin.x(), frame.origin.y(), frame.width, frame.height)
     visible = image_rect.intersected(clip)
     if visible.isEmpty():

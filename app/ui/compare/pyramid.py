@@ -14,7 +14,7 @@ about twice the screen's pixels, whatever the zoom; then it draws only the tiles
 the visible rectangle (:meth:`Pyramid.tiles_in`).
 
 Building runs in a worker thread (:func:`build_pyramid`): the 8- or 16-bit RGB(A) arrays from
-:func:`pipeline.images.load_image` are converted strip by strip (Qt's SIMD converters do the
+:func:`pipeline.io.load.load_image` are converted strip by strip (Qt's SIMD converters do the
 RGB→RGB32 work, Pillow's ``reduce`` the box filter), so no float copy and no second full-size
 temporary is ever made. QImage and QPainter on a QImage are safe outside the GUI thread.
 """
@@ -54,7 +54,7 @@ class Pyramid:
         self.has_alpha = has_alpha
         self.tile_size = tile
         self.format = _ALPHA if has_alpha else _OPAQUE
-        self._flat = [memoryview(np.ascontiguousarray(a).reshape(-1)) for a in levels]
+        self._flat = [np.ascontiguousarray(a).reshape(-1).data for a in levels]  # memoryviews
         self.fetches = 0
 
     @property

@@ -16,16 +16,19 @@ from PySide6.QtCore import QEvent, QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QBrush,
     QColor,
+    QFocusEvent,
     QImage,
+    QKeyEvent,
+    QMouseEvent,
     QPainter,
     QPaintEvent,
     QPalette,
     QResizeEvent,
+    QWheelEvent,
 )
 from PySide6.QtWidgets import QWidget
 
-from app.ui.compare import painting
-from app.ui.compare.interaction import ViewInput
+from app.ui.compare import interaction, painting
 from app.ui.compare.painting import Content
 from app.ui.compare.pyramid import Pyramid
 from app.ui.compare.sources import Sources
@@ -46,7 +49,7 @@ SHORTCUTS = (
 )
 
 
-class CompareView(ViewInput, QWidget):
+class CompareView(QWidget):
     """Before/after comparison of two pictures (input vs output, or two runs). See the package
     docstring for the API."""
 
@@ -390,7 +393,43 @@ class CompareView(ViewInput, QWidget):
                 text += ", showing " + ("after" if self._show_after else "before")
         self.setAccessibleDescription(text)
 
-    # --- events -------------------------------------------------------------------------------
+    # --- events (keys, mouse and wheel: app.ui.compare.interaction) ---------------------------
+
+    def event(self, event: QEvent) -> bool:
+        return interaction.event(self, event) or super().event(event)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        if not interaction.key_press(self, event):
+            super().keyPressEvent(event)
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:
+        if not interaction.mouse_press(self, event):
+            super().mousePressEvent(event)
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:
+        interaction.mouse_move(self, event)
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
+        interaction.mouse_release(self, event)
+
+    def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:
+        if not interaction.mouse_double_click(self, event):
+            super().mouseDoubleClickEvent(event)
+
+    def wheelEvent(self, event: QWheelEvent) -> None:
+        interaction.wheel(self, event)
+
+    def leaveEvent(self, event: QEvent) -> None:
+        interaction.leave(self)
+        super().leaveEvent(event)
+
+    def focusInEvent(self, event: QFocusEvent) -> None:
+        interaction.focus_in(self, event)
+        super().focusInEvent(event)
+
+    def focusOutEvent(self, event: QFocusEvent) -> None:
+        interaction.focus_out(self)
+        super().focusOutEvent(event)
 
     def resizeEvent(self, event: QResizeEvent) -> None:
         self._sync_panes()

@@ -1,0 +1,1 @@
+"""The queue panel: the jobs of this session, live, with cancel, retry and resolve."""
