@@ -273,7 +273,9 @@ class LocalBackend(Backend, backend="local"):
 
 
 def _float_or_none(value: object) -> float | None:
+    if not isinstance(value, int | float | str):
+        return None
     try:
-        return None if value is None else float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        return float(value)
+    except ValueError:
         return None

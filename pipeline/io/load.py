@@ -185,7 +185,7 @@ def _register_heif(src: _Source) -> None:
             src.path,
         )
     with _heif_lock:
-        import pillow_heif  # type: ignore[import-not-found]
+        import pillow_heif  # pyright: ignore[reportMissingImports]  # the optional heif extra
 
         pillow_heif.register_heif_opener()
         _heif_registered = True

@@ -36,6 +36,7 @@ __all__ = [
     "Missing",
     "ModelCheck",
     "ModelEntry",
+    "ModelsMissing",
     "ResolvedModels",
     "entry_by_id",
     "find_entry",
@@ -203,6 +204,14 @@ class Missing:
             size = "size unknown" if e.size is None else e.size_text
             return f"{e.file} ({e.role}, {size}, licence: {e.licence_text}) — {self.why}"
         return f"{self.name} ({self.role}) — {self.why}"
+
+
+class ModelsMissing(ModelError):
+    """Files a creative run needs are not there; ``missing`` says which (the window lists them)."""
+
+    def __init__(self, message: str, missing: Sequence[Missing]) -> None:
+        super().__init__(message)
+        self.missing = list(missing)
 
 
 @dataclass
@@ -388,9 +397,7 @@ def resolve_models(
     every file that is not there."""
     check = find_models(params, search_dirs, by_hash=by_hash)
     if check.missing:
-        error = ModelError(missing_message(check.missing, check.searched))
-        error.missing = list(check.missing)  # type: ignore[attr-defined]  # for the window
-        raise error
+        raise ModelsMissing(missing_message(check.missing, check.searched), check.missing)
     # None of these is None once nothing is missing; the asserts tell the type checker.
     assert check.checkpoint is not None
     assert check.vae is not None

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -160,9 +160,9 @@ def detect_architecture(
     )
 
 
-def _indices(keys: object, pattern: str) -> list[int]:
+def _indices(keys: Iterable[object], pattern: str) -> list[int]:
     rx = re.compile(pattern)
-    return sorted({int(m.group(1)) for k in keys if (m := rx.fullmatch(str(k)))})  # type: ignore[attr-defined]
+    return sorted({int(m.group(1)) for k in keys if (m := rx.fullmatch(str(k)))})
 
 
 def count_parameters(net: nn.Module) -> int:

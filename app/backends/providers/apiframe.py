@@ -78,7 +78,7 @@ _STATES = {
 class ApiframeBackend(RemoteBackend, backend="apiframe"):
     """Apiframe's ``clarity-upscale``: upload, submit with an idempotency key, poll, download."""
 
-    idempotent_submit: ClassVar[bool] = True
+    idempotent_submit = True
     cadence: ClassVar[PollCadence] = PollCadence(2.0, 1.5, 5.0)  # the vendor SDK's waitFor
     budget_limit: ClassVar[tuple[int, float]] = (60, 60.0)  # not published; 429s are honoured
     retention: ClassVar[float] = 24 * 3600.0  # the OpenAPI's "default 24h retention"

@@ -114,7 +114,7 @@ def _is_loopback(url: str) -> bool:
 class CogBackend(RemoteBackend, backend="cog"):
     """A Cog server you run (``docker run -p 5000:5000 r8.im/philz1337x/clarity-upscaler``)."""
 
-    idempotent_submit: ClassVar[bool] = True  # PUT /predictions/{id}: the id is ours
+    idempotent_submit = True  # PUT /predictions/{id}: the id is ours
     submit_5xx_safe: ClassVar[bool] = True
     cadence: ClassVar[PollCadence] = PollCadence(0.0)  # poll() itself waits for the next webhook
     budget_limit: ClassVar[tuple[int, float]] = (6000, 60.0)  # your own server: no quota

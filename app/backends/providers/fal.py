@@ -96,7 +96,7 @@ class FalBackend(RemoteBackend, backend="fal"):
     """fal's queue API; see the module docstring for the protocol and the choices made."""
 
     default_storage_url: ClassVar[str] = "https://rest.fal.ai"
-    idempotent_submit: ClassVar[bool] = False
+    idempotent_submit = False
     # A 5xx to a submit may come from a gateway after the queue took the job: not proof.
     submit_5xx_safe: ClassVar[bool] = False
     # fal-js polls every 0.5 s; a clarity run takes tens of seconds, so grow to 3 s and keep

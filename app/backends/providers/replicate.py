@@ -83,7 +83,7 @@ def _seconds(deadline: str) -> float:
 class ReplicateBackend(RemoteBackend, backend="replicate"):
     """Replicate's predictions API, polled every 0.5 s (the official client's cadence)."""
 
-    idempotent_submit: ClassVar[bool] = False
+    idempotent_submit = False
     submit_5xx_safe: ClassVar[bool] = False  # a 5xx may come after the prediction was made
     cadence: ClassVar[PollCadence] = PollCadence(0.5)
     # Replicate allows 600 creates and 3000 other requests a minute. One budget at the stricter

@@ -77,7 +77,7 @@ _FIELD_NAMES = (
 class SegmindBackend(RemoteBackend, backend="segmind"):
     """Segmind's serverless API: v2 submit + poll, or the v1 sync call for short jobs."""
 
-    idempotent_submit: ClassVar[bool] = False
+    idempotent_submit = False
     submit_5xx_safe: ClassVar[bool] = True  # only HTTP 200 is billed
     cadence: ClassVar[PollCadence] = PollCadence(1.0)  # the SDK's fixed 1 s
     budget_limit: ClassVar[tuple[int, float]] = (5, 60.0)  # the free tier's 5 RPM

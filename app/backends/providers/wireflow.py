@@ -109,7 +109,7 @@ def _load_ids(path: Path) -> dict[str, str]:
 class WireflowBackend(RemoteBackend, backend="wireflow"):
     """Wireflow's Crystal upscaler node, run as a cached two-node workflow."""
 
-    idempotent_submit: ClassVar[bool] = False  # the constructor's idempotent_submit sets it
+    idempotent_submit = False  # the constructor's idempotent_submit sets it
     cadence: ClassVar[PollCadence] = PollCadence(1.0, 1.5, 10.0)  # the vendor's advice
     budget_limit: ClassVar[tuple[int, float]] = (10, 60.0)  # the Free plan's requests/minute
     execute_limit: ClassVar[tuple[int, float]] = (10, 60.0)  # executions/minute, every plan
@@ -131,7 +131,7 @@ class WireflowBackend(RemoteBackend, backend="wireflow"):
         ``workflow_cache``: a JSON file path or a dict the caller persists; default in-process.
         ``execute_budget``: the executions/minute budget, shared like ``budget``."""
         super().__init__(client, _canonical_base(base_url), api_key, **kwargs)
-        self.idempotent_submit = idempotent_submit  # type: ignore[misc]
+        self.idempotent_submit = idempotent_submit
         self._cache_path: Path | None = None
         if isinstance(workflow_cache, str | os.PathLike):
             self._cache_path = Path(workflow_cache)

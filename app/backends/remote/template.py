@@ -151,7 +151,9 @@ class RemoteBackend(ProviderHttp, Backend):
     protocol methods."""
 
     needs_key: ClassVar[bool] = True  # for a class that names no entry (a test double)
-    idempotent_submit: ClassVar[bool] = False  # a re-sent submit cannot create a second job
+    # A re-sent submit cannot create a second job. A class fact for most providers; Wireflow
+    # sets it per instance (its idempotency is undocumented, so trusting it is a choice).
+    idempotent_submit: bool = False
     cadence: ClassVar[PollCadence] = PollCadence(1.0)
     budget_limit: ClassVar[tuple[int, float]] = (60, 60.0)  # requests per window (seconds)
     retention: ClassVar[float] = 3600.0  # how long the provider keeps a job's record

@@ -10,8 +10,9 @@ deleted: Remove only works in Clarifier's own folder.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
@@ -334,11 +335,11 @@ class ModelManagerDialog(QDialog):
         self._cancel = cancel = CancelFlag()
         self._set_state(entry.id, "downloading", f"from {entry.repo}")
 
-        def work(report: object) -> Path:
+        def work(report: Callable[[Any], None]) -> Path:
             return tasks.download(
                 entry,
                 accept_licence=True,  # accepted in _confirm_licences
-                progress=tasks.throttled(report),  # type: ignore[arg-type]
+                progress=tasks.throttled(report),
                 cancel=cancel,
             )
 

@@ -14,7 +14,7 @@ the range.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QEvent, QObject, QRectF, Qt, Signal
 from PySide6.QtGui import QPainter, QPalette, QPen
@@ -154,19 +154,26 @@ class _SpecSpin:
 
     spec: Spec
 
+    if TYPE_CHECKING:  # what the spin box it is mixed into provides (int or float)
+
+        def value(self) -> Any: ...
+        def singleStep(self) -> Any: ...
+        def setValue(self, value: Any) -> None: ...
+        def selectAll(self) -> None: ...
+
     def stepBy(self, steps: int) -> None:
         lo, hi = self.spec.minimum, self.spec.maximum
-        target = self.value() + steps * self.singleStep()  # type: ignore[attr-defined]
+        target = self.value() + steps * self.singleStep()
         if lo is not None and target < lo:
             target = lo
         if hi is not None and target > hi:
             target = hi
-        self.setValue(target)  # type: ignore[attr-defined]
-        self.selectAll()  # type: ignore[attr-defined]
+        self.setValue(target)
+        self.selectAll()
 
     def stepEnabled(self) -> QAbstractSpinBox.StepEnabledFlag:
         flags = QAbstractSpinBox.StepEnabledFlag.StepNone
-        v = self.value()  # type: ignore[attr-defined]
+        v = self.value()
         if self.spec.minimum is None or v > self.spec.minimum:
             flags |= QAbstractSpinBox.StepEnabledFlag.StepDownEnabled
         if self.spec.maximum is None or v < self.spec.maximum:

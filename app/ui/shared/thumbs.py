@@ -42,7 +42,7 @@ def _register_heif() -> bool:
     """Let Pillow open HEIC/HEIF photos when the optional pillow-heif is installed."""
     if importlib.util.find_spec("pillow_heif") is None:
         return False
-    import pillow_heif  # type: ignore[import-not-found]
+    import pillow_heif  # pyright: ignore[reportMissingImports]  # the optional heif extra
 
     pillow_heif.register_heif_opener()
     return True
