@@ -11,6 +11,7 @@ ids and URLs.
 
 from __future__ import annotations
 
+import builtins  # HistoryStore.list names a method: later annotations say builtins.list
 import json
 import sqlite3
 import threading
@@ -191,7 +192,7 @@ class HistoryStore:
         search: str | None = None,
         limit: int = 500,
         offset: int = 0,
-    ) -> list[RunRecord]:
+    ) -> builtins.list[RunRecord]:
         """Newest first. ``search`` matches the input or output path, the prompt, the model,
         the seed or the provider's request id."""
         where, args = [], []
@@ -215,7 +216,7 @@ class HistoryStore:
         sql += " ORDER BY created DESC LIMIT ? OFFSET ?"
         return self._rows(sql, [*args, limit, offset])
 
-    def with_prefix(self, prefix: str, limit: int = 2) -> list[RunRecord]:
+    def with_prefix(self, prefix: str, limit: int = 2) -> builtins.list[RunRecord]:
         """Runs whose id starts with ``prefix`` (a person types the first few characters)."""
         if not prefix or not prefix.isalnum():
             return []
@@ -224,7 +225,7 @@ class HistoryStore:
             (prefix + "%", limit),
         )
 
-    def unfinished(self) -> list[RunRecord]:
+    def unfinished(self) -> builtins.list[RunRecord]:
         """Jobs that had not ended when the last session stopped, oldest first."""
         placeholders = ", ".join("?" for _ in _TERMINAL)
         return self._rows(
