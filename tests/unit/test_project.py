@@ -70,7 +70,8 @@ def test_ruff_lint_and_format_are_clean() -> None:
 def test_pyright_finds_no_errors() -> None:
     """Standard mode over app and pipeline ([tool.pyright] in pyproject.toml)."""
     result = subprocess.run(
-        [_tool("pyright"), "--pythonpath", sys.executable],
+        # --project: this checkout's config, never a pyrightconfig.json in a folder above it
+        [_tool("pyright"), "--project", str(ROOT), "--pythonpath", sys.executable],
         cwd=ROOT,
         capture_output=True,
         text=True,
