@@ -73,7 +73,9 @@ EXAMPLE = {  # §2.2, verbatim
 
 
 def test_contract_submit_replay_poll_and_result(double):
-    double.default_scenario = Scenario(queue_s=0.0, run_s=0.2)
+    # Long enough in real time that a slow first request never sees the job done already; the
+    # virtual clock's jump below finishes it.
+    double.default_scenario = Scenario(queue_s=0.0, run_s=10.0)
     headers = {"X-API-Key": KEY, "Idempotency-Key": "7b0c2f0e-6d0b-4b55-9a53-1f3f3c0d9a11"}
     with httpx.Client(base_url=double.url) as http:
         first = http.post("/v2/images/upscale", json=EXAMPLE, headers=headers)
@@ -89,7 +91,7 @@ def test_contract_submit_replay_poll_and_result(double):
         required = {"id", "status", "model", "progress", "error", "creditCost", "webhookStatus"}
         assert required | {"createdAt", "completedAt"} <= set(job)
         assert job["status"] in ("QUEUED", "PROCESSING") and job["creditCost"] == 3
-        double.clock.advance(1)
+        double.clock.advance(11)
         done = http.get(f"/v2/jobs/{accepted['jobId']}", headers={"X-API-Key": KEY}).json()
         assert done["status"] == "COMPLETED" and done["progress"] == 100
         assert done["expired"] is False and http.get(done["result"]).status_code == 200
