@@ -104,7 +104,7 @@ def test_torch_is_resolved_as_the_build_the_readme_installs() -> None:
         pytest.skip(f"torch {installed} is installed here, not {declared['version']}")
     requires = [r for r in importlib.metadata.requires("torch") or [] if "extra ==" not in r]
     if "+cpu" not in installed and any(r.startswith("nvidia") for r in requires):
-        pytest.skip(f"torch {installed} here is a CUDA build; the metadata declares the CPU wheel's")
+        pytest.skip(f"torch {installed} is a CUDA build; the metadata declares the CPU wheel's")
     assert sorted(str(Requirement(r)) for r in requires) == sorted(declared["requires-dist"])
 
 
