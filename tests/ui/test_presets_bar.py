@@ -28,13 +28,13 @@ class Answers:
         self.save_path: str | None = None
         self.errors: list[tuple[str, str]] = []
         self.questions: list[str] = []
-        bar._ask_name = lambda _t, _p, _text="": self.names.pop(0)
-        bar._ask_open_path = lambda _t: self.open_path
-        bar._ask_save_path = lambda _t, _s: self.save_path
+        bar._ask_name = lambda title, prompt, text="": self.names.pop(0)
+        bar._ask_open_path = lambda title: self.open_path
+        bar._ask_save_path = lambda title, suggestion: self.save_path
         bar._confirm = self._confirm
         bar._show_error = lambda title, message: self.errors.append((title, message))
 
-    def _confirm(self, _title: str, question: str) -> bool:
+    def _confirm(self, title: str, question: str) -> bool:
         self.questions.append(question)
         return self.confirms.pop(0)
 
@@ -209,3 +209,44 @@ def test_controls_are_named_and_explained(bar: PresetsBar) -> None:
     assert [a.text() for a in bar.more_button.menu().actions() if a.text()] == [
         a.text() for a in actions
     ]
+
+
+def test_clarity_default_says_which_pre_upscaler_it_uses(
+    qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, current: dict[str, UpscaleParams]
+) -> None:
+    """Without 4x-UltraSharp: the bundled Real-ESRGAN, and how to get Clarity's own; with it (in
+    a folder the bar is told of): UltraSharp, where it is and its non-commercial licence. The
+    choice is made again when the preset is applied."""
+    monkeypatch.setenv("CLARIFIER_DATA_DIR", str(tmp_path / "data"))  # an empty models folder
+    folders: list[str] = []
+    store = PresetStore(builtin_dir=ROOT / "resources" / "presets", user_dir=tmp_path / "presets")
+    widget = PresetsBar(store, lambda: current["params"], model_dirs=lambda: folders)
+    qtbot.addWidget(widget)
+    widget.select("Clarity default")
+    assert not widget.note.isHidden()
+    assert "realesrgan-x4plus (bundled with Clarifier)" in widget.note.text()
+    assert "4x-UltraSharp is preferred but not installed" in widget.note.text()
+    assert "4x-UltraSharp → realesrgan-x4plus" in widget.note.toolTip()
+    tip = widget.combo.itemData(widget.combo.currentIndex(), Qt.ItemDataRole.ToolTipRole)
+    assert "not installed" in tip
+    with qtbot.waitSignal(widget.apply_requested) as blocker:
+        widget.apply_selected()
+    assert blocker.args[0].upscaler == "realesrgan-x4plus"
+    assert blocker.args[0].scale_factor == 3  # the rest as before
+
+    weights = tmp_path / "webui" / "models" / "ESRGAN" / "4x-UltraSharp.pth"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights")
+    folders.append(str(tmp_path / "webui"))
+    with qtbot.waitSignal(widget.apply_requested) as blocker:
+        widget.apply_selected()
+    assert blocker.args[0].upscaler == "4x-UltraSharp"
+    assert f"4x-UltraSharp, found at {weights}" in widget.note.text()
+    assert "CC BY-NC-SA 4.0 (non-commercial use only)" in widget.note.text()
+    assert [c.value for c in widget.choices()] == ["4x-UltraSharp"]
+
+    widget.select("Portrait")  # no preferences: no line
+    assert widget.note.isHidden() and widget.choices() == []
+    weights.unlink()
+    widget.select("Clarity default")
+    assert "not installed" in widget.note.text()

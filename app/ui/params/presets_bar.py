@@ -7,6 +7,11 @@ disabled for them. Applying a preset lays its values over the current parameters
 (:meth:`Preset.apply`) and emits ``apply_requested``; the window puts the result in the parameter
 panel. A user preset stores every parameter except the seed, which belongs to a run, not a look.
 
+A preset that prefers installed model files ("Clarity default" prefers Clarity's 4x-UltraSharp to
+the bundled Real-ESRGAN) is resolved against the model folders whenever it is selected or applied,
+and the line under the bar says which file it will use, where it was found and its licence
+(non-commercial ones said so); the same words are in the preset's tooltip.
+
 Every question (a name, a file, a confirmation) goes through one small method, so tests answer
 them directly instead of driving modal dialogs. Preset files are a few hundred bytes, so reading
 them on the GUI thread stays far below a frame.
@@ -14,7 +19,7 @@ them on the GUI thread stays far below a frame.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from PySide6.QtCore import QEvent, Qt, Signal
@@ -31,10 +36,11 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSizePolicy,
     QToolButton,
+    QVBoxLayout,
     QWidget,
 )
 
-from app.store.presets import Preset, PresetError, PresetStore, read_preset_file
+from app.store.presets import Choice, Preset, PresetError, PresetStore, read_preset_file
 from app.ui.params.look import lock_icon
 from pipeline.errors import ParamsError
 from pipeline.params import UpscaleParams
@@ -45,7 +51,8 @@ _JSON_FILTER = "Clarifier presets (*.json);;All files (*)"
 
 
 class PresetsBar(QWidget):
-    """``current`` returns the parameters the panel shows (it may raise ``ParamsError``)."""
+    """``current`` returns the parameters the panel shows (it may raise ``ParamsError``);
+    ``model_dirs`` the folders to find preferred model files in (None: the settings' folders)."""
 
     apply_requested = Signal(object)  # UpscaleParams
 
@@ -54,14 +61,27 @@ class PresetsBar(QWidget):
         store: PresetStore,
         current: Callable[[], UpscaleParams],
         parent: QWidget | None = None,
+        *,
+        model_dirs: Callable[[], Sequence[str]] | None = None,
     ) -> None:
         super().__init__(parent)
         self.store, self.current = store, current
+        self._model_dirs = model_dirs
         self._presets: list[Preset] = []
         self.setAccessibleName("Presets")
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(4, 2, 4, 2)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(4, 2, 4, 2)
+        outer.setSpacing(2)
+        layout = QHBoxLayout()
+        layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(4)
+        outer.addLayout(layout)
+        self.note = QLabel()
+        self.note.setWordWrap(True)
+        self.note.setAccessibleName("Which model files the preset uses")
+        self.note.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.note.hide()
+        outer.addWidget(self.note)
         label = QLabel("Preset")
         self.combo = QComboBox()
         self.combo.setAccessibleName("Preset")
@@ -124,6 +144,7 @@ class PresetsBar(QWidget):
             index = self.combo.count() - 1
             kind = "Built-in preset (read-only)" if preset.builtin else "Your preset"
             tip = f"{kind}. {preset.description}" if preset.description else kind
+            tip = " ".join([tip, *(c.describe() for c in self._choices(preset))])
             self.combo.setItemData(index, tip, Qt.ItemDataRole.ToolTipRole)
             spoken = f"{preset.name}, built-in" if preset.builtin else preset.name
             self.combo.setItemData(index, spoken, Qt.ItemDataRole.AccessibleTextRole)
@@ -148,6 +169,17 @@ class PresetsBar(QWidget):
         if index >= 0:
             self.combo.setCurrentIndex(index)
 
+    def choices(self) -> list[Choice]:
+        """What the selected preset's preferences resolve to now (empty when it has none)."""
+        preset = self.selected()
+        return self._choices(preset) if preset is not None else []
+
+    def _dirs(self) -> Sequence[str] | None:
+        return None if self._model_dirs is None else self._model_dirs()
+
+    def _choices(self, preset: Preset) -> list[Choice]:
+        return preset.resolve(self._dirs()) if preset.prefer else []
+
     def _selection_changed(self, _index: int = -1) -> None:
         preset = self.selected()
         user = preset is not None and not preset.builtin
@@ -162,6 +194,17 @@ class PresetsBar(QWidget):
             self.apply_button.setToolTip(
                 f"Apply {preset.name!r}: " + (preset.description or "its settings")
             )
+        self._show_choices(self.choices())
+
+    def _show_choices(self, choices: list[Choice]) -> None:
+        self.note.setText("\n".join(choice.describe() for choice in choices))
+        self.note.setToolTip(
+            "The preset uses the first of these that is installed: "
+            + "; ".join(" → ".join(c.candidates) for c in choices)
+            if choices
+            else ""
+        )
+        self.note.setVisible(bool(choices))
 
     # --- actions ------------------------------------------------------------------------
     def apply_selected(self) -> None:
@@ -171,11 +214,13 @@ class PresetsBar(QWidget):
         base = self._current("apply a preset")
         if base is None:
             return
+        choices = self._choices(preset)  # looked for again: files may have come or gone
         try:
-            params = preset.apply(base)
+            params = preset.apply_choices(base, choices)
         except PresetError as exc:
             self._show_error("Cannot apply the preset", str(exc))
             return
+        self._show_choices(choices)
         self.apply_requested.emit(params)
 
     def save_current(self) -> None:
