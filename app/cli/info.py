@@ -1,7 +1,8 @@
 """``clarifier info``, ``params`` and ``presets``: look-ups that print and change nothing.
 
 ``info IMAGE`` shows the parameters embedded in an output image (as A1111-style text, or the
-run info as JSON); ``params`` lists every parameter with its default and range; ``presets`` the
+run info as JSON); for infotext another program wrote, it also lists on stderr what Clarifier
+could not map; ``params`` lists every parameter with its default and range; ``presets`` the
 built-in and the person's presets.
 """
 
@@ -16,7 +17,7 @@ from app.cli.common import EXIT_FAILED, EXIT_OK
 from app.store.presets import PresetStore
 from pipeline.errors import ImageError
 from pipeline.io.load import read_parameters_text
-from pipeline.metadata import parse_infotext
+from pipeline.metadata import params_from_infotext, parse_infotext
 from pipeline.params import UpscaleParams
 
 __all__ = ["add_info_parsers", "cmd_info", "cmd_params", "cmd_presets"]
@@ -38,14 +39,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     except ImageError as exc:
         print(f"clarifier: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    info = parse_infotext(text) if text else None
-    if info is None:
+    if not text or (info := parse_infotext(text)) is None:
         print(f"{args.image}: no upscaling parameters found", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
         print(json.dumps(info.to_dict(), indent=2, ensure_ascii=False))
     else:
         print(text)
+    for note in params_from_infotext(text)[1]:  # none for Clarifier's own record
+        print(f"{args.image}: not mapped: {note}", file=sys.stderr)
     return EXIT_OK
 
 

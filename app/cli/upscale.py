@@ -32,14 +32,24 @@ from app.jobs.inputs import collect_inputs
 from app.store.history import HistoryError, HistoryStore
 from app.store.presets import PresetStore, read_preset_file
 from app.store.settings import load_settings
-from pipeline.metadata import RunInfo
+from pipeline.errors import ImageError
+from pipeline.io.load import read_parameters_text
+from pipeline.metadata import RunInfo, params_from_infotext
 from pipeline.models.store import find_models, missing_message
 from pipeline.params import UpscaleParams
 
 if TYPE_CHECKING:  # httpx and the provider machinery load only when a batch runs
     from app.jobs.providers import ProviderPool
 
-__all__ = ["Item", "add_upscale_parser", "build_params", "cmd_upscale", "plan", "run_items"]
+__all__ = [
+    "Item",
+    "add_upscale_parser",
+    "build_params",
+    "cmd_upscale",
+    "plan",
+    "read_infotext",
+    "run_items",
+]
 
 _FORMAT_SUFFIX = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}
 _SUFFIX_FORMAT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}
@@ -76,6 +86,13 @@ def add_upscale_parser(sub: argparse._SubParsersAction) -> None:
         help="set any parameter (see `clarifier params`); repeatable",
     )
     up.add_argument("--preset", metavar="NAME|FILE", help="start from a preset")
+    up.add_argument(
+        "--infotext",
+        metavar="FILE|IMAGE|-",
+        help="take the parameters from A1111 infotext (the PNG 'parameters' text, as A1111, "
+        "Clarity or Clarifier write it): a text file, an image that carries it, or - for "
+        "standard input; on top of --preset, under --set and the other flags",
+    )
     up.add_argument(
         "--backend",
         default="local",
@@ -125,8 +142,31 @@ def add_upscale_parser(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def build_params(args: argparse.Namespace, store: PresetStore) -> UpscaleParams:
-    """Defaults, then the preset, then ``--set``, then the dedicated flags."""
+def read_infotext(source: str) -> str:
+    """The infotext ``--infotext`` names: standard input (``-``), the parameters an image
+    carries, or a text file."""
+    if source == "-":
+        return sys.stdin.read()
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise UsageError(f"--infotext: {source}: no such file")
+    try:
+        text = read_parameters_text(path)
+    except ImageError:  # not an image: a text file
+        try:
+            return path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--infotext: {source} cannot be read as text ({exc})") from None
+    if text is None:
+        raise UsageError(f"--infotext: {source} is an image without generation parameters")
+    return text
+
+
+def build_params(
+    args: argparse.Namespace, store: PresetStore, notes: TextIO | None = None
+) -> UpscaleParams:
+    """Defaults, then the preset, then ``--infotext``, then ``--set``, then the dedicated flags.
+    What the infotext holds that Clarifier cannot use is listed on ``notes`` (stderr)."""
     base = UpscaleParams()
     if args.preset:
         path = Path(args.preset)
@@ -136,6 +176,10 @@ def build_params(args: argparse.Namespace, store: PresetStore) -> UpscaleParams:
             else store.get(args.preset)
         )
         base = preset.apply(base)
+    if getattr(args, "infotext", None):
+        base, unmapped = params_from_infotext(read_infotext(args.infotext), base)
+        for note in unmapped:
+            print(f"clarifier: note: --infotext: {note}", file=notes or sys.stderr)
     changes: dict[str, Any] = {}
     for item in args.set:
         name, sep, text = item.partition("=")

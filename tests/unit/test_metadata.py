@@ -4,17 +4,33 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.metadata import RunInfo, format_infotext, parse_infotext, parse_infotext_fields
+from pipeline.metadata import (
+    RunInfo,
+    format_infotext,
+    params_from_infotext,
+    parse_infotext,
+    parse_infotext_fields,
+)
 from pipeline.params import UpscaleParams
 
-PROMPTS = ["plain", 'commas, colons: and "quotes"', "ünïcode ✓ 日本語", "two\nlines", ""]
+PROMPTS = [
+    "plain",
+    'commas, colons: and "quotes"',
+    "portrait, style: anime, mood: calm",
+    "ünïcode ✓ 日本語",
+    "two\nlines",
+    "  edge spaces ",
+    "",
+]
 
 
 @pytest.mark.parametrize("mode", ["faithful", "creative"])
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_clarifier_infotext_round_trips_exactly(mode: str, prompt: str) -> None:
     info = RunInfo(
-        params=UpscaleParams(mode=mode, prompt=prompt, seed=123456789, scale_factor=3.5),
+        params=UpscaleParams(
+            mode=mode, prompt=prompt, seed=123456789, scale_factor=3.5, noise_source="cpu"
+        ),
         engine=f"local/{mode}",
         models={"upscaler": "realesrgan-x4plus", "upscaler_sha256": "ab" * 32},
         source_size=(640, 480),
@@ -23,10 +39,12 @@ def test_clarifier_infotext_round_trips_exactly(mode: str, prompt: str) -> None:
     )
     text = format_infotext(info)
     assert parse_infotext(text) == info
+    assert params_from_infotext(text) == (info.params, [])
     fields = parse_infotext_fields(text)
     assert fields["Seed"] == "123456789" and fields["Size"] == "2240x1680"
     if mode == "creative":
         assert fields["Sampler"] == "DPM++ 3M SDE Karras" and fields["Denoising strength"] == "0.35"
+        assert fields["RNG"] == "CPU" and fields.get("Prompt", "") == prompt.strip()
 
 
 def test_a1111_infotext_maps_onto_the_shared_parameters() -> None:

@@ -1,5 +1,5 @@
-"""What the window's menu entries do beyond driving a panel: the dialogs, paste, re-run, the
-theme, and the keyboard shortcuts help.
+"""What the window's menu entries do beyond driving a panel: the dialogs, paste (of inputs and
+of parameters), re-run, the theme, and the keyboard shortcuts help.
 
 Every main action has a shortcut; Help ▸ Keyboard shortcuts lists them all (including the
 panel-scoped keys of the compare view, queue and history), generated from the same table. The
@@ -9,7 +9,9 @@ they touch, passed in explicitly, so they never reach into the window.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QMimeData
@@ -17,6 +19,8 @@ from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import QDialog, QMessageBox, QWidget
 
 from app.ui.window.theme import apply_theme
+from pipeline.errors import ImageError
+from pipeline.io.load import read_parameters_text
 
 if TYPE_CHECKING:
     from app.store.history import RunRecord
@@ -24,7 +28,7 @@ if TYPE_CHECKING:
     from app.ui.window.state import WindowState
     from app.ui.window.status import Say
 
-__all__ = ["PANEL_KEYS", "WindowActions"]
+__all__ = ["PANEL_KEYS", "WindowActions", "clipboard_infotext"]
 
 # Keys that work inside one panel (Qt scopes them there); listed in the shortcuts help.
 PANEL_KEYS: tuple[tuple[str, str, str], ...] = (
@@ -47,8 +51,9 @@ class WindowActions:
 
     ``window`` carries the actions (their shortcuts then work whichever panel has focus) and
     parents the dialogs. ``say`` shows a message in the status bar, ``take`` takes mime data as
-    inputs, ``selected_runs`` gives the runs selected in the history and ``rerun`` runs one of
-    them again (with the same seed or a new one).
+    inputs, ``selected_runs`` gives the runs selected in the history, ``rerun`` runs one of
+    them again (with the same seed or a new one) and ``apply_infotext`` puts the parameters an
+    A1111 infotext describes into the parameter panel.
     """
 
     def __init__(
@@ -61,6 +66,7 @@ class WindowActions:
         take: Callable[[QMimeData], bool],
         selected_runs: Callable[[], list[RunRecord]],
         rerun: Callable[[RunRecord, bool], None],
+        apply_infotext: Callable[[str], None],
     ) -> None:
         self.window = window
         self.session = session
@@ -70,6 +76,7 @@ class WindowActions:
         self._take = take
         self._selected_runs = selected_runs
         self._rerun = rerun
+        self._apply_infotext = apply_infotext
 
     def make(
         self,
@@ -146,3 +153,35 @@ class WindowActions:
         mime = QGuiApplication.clipboard().mimeData()
         if mime is None or not self._take(mime):
             self._say("The clipboard holds no image, file or image link", error=True)
+
+    def paste_parameters(self) -> None:
+        """Edit ▸ Paste parameters: the A1111 infotext on the clipboard (its text, or what an
+        image file on it carries) into the parameter panel."""
+        text = clipboard_infotext(QGuiApplication.clipboard().mimeData())
+        if text is None:
+            self._say("The clipboard holds no generation parameters (A1111 infotext)", error=True)
+            return
+        self._apply_infotext(text)
+
+
+def clipboard_infotext(mime: QMimeData | None) -> str | None:
+    """Infotext from the clipboard: the parameters of a copied image file (or of a copied path
+    to one), else the copied text itself. None when there is nothing to read."""
+    if mime is None:
+        return None
+    files = (
+        [Path(u.toLocalFile()) for u in mime.urls() if u.isLocalFile()] if mime.hasUrls() else []
+    )
+    text = mime.text().strip() if mime.hasText() else ""
+    if text and "\n" not in text and len(text) < 4096:
+        with contextlib.suppress(OSError, ValueError):
+            if Path(text).expanduser().is_file():
+                files.append(Path(text).expanduser())
+    for path in files:
+        with contextlib.suppress(ImageError, OSError):
+            found = read_parameters_text(path)
+            if found and found.strip():
+                return found
+    if files:  # a copied file (or its path) without parameters: not a prompt to paste
+        return None
+    return text or None

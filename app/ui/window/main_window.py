@@ -53,6 +53,7 @@ from app.ui.window.state import WindowState, load_window_state, save_window_stat
 from app.ui.window.status import StatusBar
 from app.ui.window.theme import THEMES
 from pipeline.errors import ParamsError
+from pipeline.metadata import params_from_infotext, parse_infotext_fields
 from pipeline.params import UpscaleParams
 
 if TYPE_CHECKING:
@@ -107,6 +108,7 @@ class MainWindow(QMainWindow):
             take=self.intake.take,
             selected_runs=self.history.selected_records,
             rerun=self.rerun,
+            apply_infotext=self.apply_infotext,
         )
         self._build_menus()
         self._connect()
@@ -198,6 +200,16 @@ class MainWindow(QMainWindow):
         file.addAction(acts.make("&Settings…", acts.open_settings, "Ctrl+,"))
         file.addSeparator()
         file.addAction(acts.make("&Quit", self.close, "Ctrl+Q"))
+
+        edit = bar.addMenu("&Edit")
+        edit.addAction(
+            acts.make(
+                "Paste &parameters",
+                acts.paste_parameters,
+                "Ctrl+Shift+V",
+                "Apply the A1111 parameters text (infotext) on the clipboard (Ctrl+Shift+V)",
+            )
+        )
 
         run = bar.addMenu("&Run")
         run.addAction(
@@ -539,6 +551,29 @@ class MainWindow(QMainWindow):
             self.inputs.add_paths([Path(record.input)])
             self.inputs.select_path(Path(record.input))
         self.status.say(f"Loaded the parameters of that run (seed {record.seed}, locked)")
+
+    def apply_infotext(self, text: str) -> None:
+        """Put the parameters an A1111 infotext describes (a Clarity run's, Clarifier's own, any
+        A1111's) into the panel, on top of what it shows; a seed it names is locked, so the next
+        run reproduces it. What could not be mapped is listed in the status bar."""
+        try:
+            base = self.params.params()
+        except ParamsError:  # a field being edited is invalid: start from the defaults
+            base = UpscaleParams()
+        try:
+            params, notes = params_from_infotext(text, base)
+        except ParamsError:
+            self.status.say("That text holds no generation parameters (A1111 infotext)", error=True)
+            return
+        self.params.set_params(params)
+        seeded = params.seed is not None and "Seed" in parse_infotext_fields(text)
+        if seeded:
+            self.params.set_seed_locked(True)
+        said = "Pasted the parameters" + (f" (seed {params.seed}, locked)" if seeded else "")
+        if notes:
+            said += f" · {len(notes)} not mapped: " + "; ".join(notes)
+            said += "\n" + "\n".join(notes)
+        self.status.say(said)
 
     def _apply_preset(self, params: UpscaleParams) -> None:
         self.params.set_params(params)
