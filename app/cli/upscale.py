@@ -175,7 +175,8 @@ def build_params(
             if path.suffix == ".json" and path.is_file()
             else store.get(args.preset)
         )
-        base = preset.apply(base)
+        # A preference such as "4x-UltraSharp when installed" looks in --models folders too.
+        base = preset.apply(base, model_dirs=model_dirs_from(getattr(args, "models", None) or []))
     if getattr(args, "infotext", None):
         base, unmapped = params_from_infotext(read_infotext(args.infotext), base)
         for note in unmapped:

@@ -41,6 +41,7 @@ __all__ = [
     "entry_by_id",
     "find_entry",
     "find_models",
+    "find_upscaler",
     "human_size",
     "is_link",
     "load_manifest",
@@ -315,6 +316,21 @@ def find_models(
     _check_prompt_models(check, params)
     check.config_dir = _config_dir(check)
     return check
+
+
+def find_upscaler(name: str, search_dirs: Sequence[Path | str] = ()) -> Path | None:
+    """The file a pre-upscaler name (``4x-UltraSharp``, a file name or a path) means, looked
+    for as the creative mode looks: the folders given, their ESRGAN / upscale_models / RealESRGAN
+    folders (A1111, ComfyUI), and Clarifier's own models folder. None if it is not there."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    roots = search_roots(search_dirs)
+    found = _find_named([name] + [name + s for s in MODEL_SUFFIXES], "upscaler", roots)
+    entry = _manifest_file(name, "upscaler")
+    if found is None and entry is not None:
+        found = find_entry(entry, roots)
+    return found
 
 
 def _find_upscaler(check: ModelCheck, name: str, by_hash: bool) -> Path | None:

@@ -15,7 +15,8 @@ import torch
 
 from pipeline.device import pick_dtype
 from pipeline.errors import Cancelled
-from pipeline.params import UpscaleParams
+from pipeline.models.store import find_upscaler
+from pipeline.params import BUNDLED_UPSCALERS, UpscaleParams
 from pipeline.progress import CancelFn, Progress, ProgressFn, RunExtras
 from pipeline.sr.loading import load_upscaler
 from pipeline.sr.post import sharpen
@@ -52,8 +53,13 @@ def upscale_faithful(
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, str], RunExtras]:
     extras = RunExtras(warnings=_warnings(params))
     started = time.perf_counter()
+    name = params.upscaler
+    if name not in BUNDLED_UPSCALERS:
+        # Found where the creative mode finds it (ESRGAN/, upscale_models/, Clarifier's folder);
+        # when it is nowhere, the loader says so with the folders searched.
+        name = str(find_upscaler(name, options.model_dirs) or name)
     model = load_upscaler(
-        params.upscaler,
+        name,
         device=device,
         dtype=pick_dtype(device, options.precision),
         search_dirs=tuple(options.model_dirs),

@@ -199,3 +199,39 @@ def test_the_run_records_the_upscaler_it_used(tiny_models_dir: Path, tmp_path: P
     assert result.info.models["upscaler_sha256"] == file_sha256(weights)
     fields = parse_infotext_fields(format_infotext(result.info))  # what A1111 readers see
     assert fields.get("Tiled Diffusion upscaler", fields.get("Upscaler")) == ULTRASHARP
+
+
+def test_faithful_mode_finds_the_preferred_upscaler_where_creative_mode_does(
+    tmp_path: Path,
+) -> None:
+    """A 4x-UltraSharp in an A1111 ESRGAN folder (not loose in the folder given) runs in the
+    faithful mode too, so switching mode after applying Clarity default keeps working."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from pipeline.engine import EngineOptions, upscale
+    from pipeline.io import LoadedImage, SourceInfo
+    from pipeline.sr.ncnn import load_bundled
+
+    state, _, _ = load_bundled("realesr-animevideov3")
+    weights = tmp_path / "webui" / "models" / "ESRGAN" / "4x-UltraSharp.safetensors"
+    weights.parent.mkdir(parents=True)
+    save_file(state, str(weights))
+    dirs = [str(tmp_path / "webui")]
+    params = PresetStore().get("Clarity default").apply(UpscaleParams(), model_dirs=dirs)
+    assert params.upscaler == ULTRASHARP
+    torch.set_num_threads(1)
+    rgb = np.random.default_rng(1).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    source = SourceInfo(
+        path=None, format="PNG", mode="RGB", width=32, height=24, bit_depth=8, grayscale=False,
+        has_alpha=False, frames=1, icc_profile=None, exif=None, xmp=None,
+    )  # fmt: skip
+    result = upscale(
+        LoadedImage(rgb=rgb, alpha=None, source=source),
+        params.replace(mode="faithful"),
+        options=EngineOptions(device="cpu", model_dirs=(tmp_path / "webui",)),
+    )
+    assert result.rgb.shape == (48, 64, 3)
+    assert result.info.models["upscaler"] == ULTRASHARP
+    assert result.info.models["upscaler_sha256"] == file_sha256(weights)
