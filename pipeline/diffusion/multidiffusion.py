@@ -20,7 +20,7 @@ converted per batch, and the accumulation buffers are latent-sized.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,10 +91,16 @@ class CallStats:
 
 
 class TiledDenoiser:
-    """``eps = denoiser(model_input, t)`` for a whole latent canvas.
+    """The UNet (with ControlNet) on a whole latent canvas, tile by tile.
+
+    :meth:`predict` gives one fused noise prediction per prompt embedding, for the engine's
+    A1111-order guidance (:mod:`pipeline.diffusion.samplers`); calling the denoiser,
+    ``eps = denoiser(model_input, t)``, gives the eps-space guided prediction for ``cond`` and
+    ``uncond``.
 
     ``hint`` is the ControlNet tile image at the canvas's pixel size, ``H × W × 3`` uint8 RGB;
-    ``cond``/``uncond`` are prompt encodings of equal length ``[1, L, D]``.
+    ``cond``/``uncond`` are prompt encodings ``[1, L, D]`` (None when only :meth:`predict` is
+    used).
     """
 
     def __init__(
@@ -102,11 +108,11 @@ class TiledDenoiser:
         unet: torch.nn.Module,
         controlnet: torch.nn.Module | None,
         hint: np.ndarray | None,
-        cond: torch.Tensor,
-        uncond: torch.Tensor,
+        cond: torch.Tensor | None,
+        uncond: torch.Tensor | None,
         *,
         plan: TilePlan,
-        guidance: float,
+        guidance: float = 1.0,
         resemblance: float,
         weighting: str = "uniform",
         dtype: torch.dtype = torch.float32,
@@ -119,8 +125,9 @@ class TiledDenoiser:
         self.hint = hint
         self.device = next(unet.parameters()).device
         self.dtype = dtype
-        self.cond = cond.to(self.device, dtype)
-        self.uncond = uncond.to(self.device, dtype)
+        empty = torch.zeros(1, 1, 1)
+        self.cond = (cond if cond is not None else empty).to(self.device, dtype)
+        self.uncond = (uncond if uncond is not None else empty).to(self.device, dtype)
         self.plan = plan
         self.guidance = guidance
         self.resemblance = resemblance
@@ -183,9 +190,27 @@ class TiledDenoiser:
     # -- the model call ----------------------------------------------------------------------------
 
     def __call__(self, model_input: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """The guided noise prediction ``uncond + guidance · (cond − uncond)``, fused over tiles."""
+        if self.guidance == 1:
+            return self.predict(model_input, t, [self.cond])[0]
+        uncond, cond = self.predict(model_input, t, [self.uncond, self.cond])
+        return uncond + self.guidance * (cond - uncond)
+
+    def predict(
+        self,
+        model_input: torch.Tensor,
+        t: torch.Tensor | float,
+        embeddings: Sequence[torch.Tensor],
+    ) -> list[torch.Tensor]:
+        """One fused noise prediction per prompt embedding (``[1, L, D]`` each), tile by tile.
+
+        Embeddings of equal length share one UNet batch; a different length (a prompt with more
+        75-token chunks than the other) runs as its own batch, as A1111 does when the
+        conditional and unconditional lengths differ."""
+        embs = [e.to(self.device, self.dtype) for e in embeddings]
         while True:
             try:
-                return self._call(model_input, t)
+                return self._call(model_input, t, embs)
             except torch.OutOfMemoryError as exc:
                 self._after_oom(exc)
             except RuntimeError as exc:
@@ -202,38 +227,54 @@ class TiledDenoiser:
         self.plan = self.plan.rebatched(largest // 2)
         self.log(f"out of device memory: retrying with {largest // 2} tiles per batch")
 
-    def _call(self, model_input: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        acc = torch.zeros(model_input.shape, device=self.device, dtype=torch.float32)
+    def _call(
+        self, model_input: torch.Tensor, t: torch.Tensor | float, embs: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        accs = [
+            torch.zeros(model_input.shape, device=self.device, dtype=torch.float32) for _ in embs
+        ]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, e in enumerate(embs):
+            groups.setdefault(tuple(e.shape), []).append(i)
         boxes = self.plan.boxes
         for done, indices in enumerate(self.plan.batches, start=1):
             if self.cancel():
                 raise Cancelled()
             batch = [boxes[i] for i in indices]
             tiles = torch.cat([self._crop(model_input, b) for b in batch]).to(self.dtype)
-            eps = self._eps(tiles, t, batch).float()
-            for i, box in enumerate(batch):
-                self._add(acc, box, eps[i : i + 1] * self._weight)
-            self.stats.tile_evals += len(batch) * (1 if self.guidance == 1 else 2)
+            hint = self._hint_batch(batch) if self.controlnet is not None else None
+            for members in groups.values():
+                eps = self._eps(tiles, t, [embs[m] for m in members], hint).float()
+                for k, m in enumerate(members):
+                    part = eps[k * len(batch) : (k + 1) * len(batch)]
+                    for i, box in enumerate(batch):
+                        self._add(accs[m], box, part[i : i + 1] * self._weight)
+            self.stats.tile_evals += len(batch) * len(embs)
             self.stats.latent_px += len(batch) * batch[0].w * batch[0].h
             self.on_batch(done, len(self.plan.batches))
         self.stats.calls += 1
-        return (acc / self._wsum).to(model_input.dtype)
+        return [(acc / self._wsum).to(model_input.dtype) for acc in accs]
 
-    def _eps(self, tiles: torch.Tensor, t: torch.Tensor | float, boxes: list[Box]) -> torch.Tensor:
+    def _eps(
+        self,
+        tiles: torch.Tensor,
+        t: torch.Tensor | float,
+        embs: list[torch.Tensor],
+        hint: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The UNet's noise prediction for every tile under every embedding, embedding-major."""
         n = tiles.shape[0]
-        # CFG 1 is the conditional prediction alone: skip the unconditional half.
-        halves = [self.cond] if self.guidance == 1 else [self.uncond, self.cond]
-        x = torch.cat([tiles] * len(halves))
-        emb = torch.cat([h.expand(n, -1, -1) for h in halves])
+        x = torch.cat([tiles] * len(embs))
+        emb = torch.cat([e.expand(n, -1, -1) for e in embs])
         timestep = torch.as_tensor(t, device=self.device)
         extra = {}
         if self.controlnet is not None:
-            hint = self._hint_batch(boxes)
+            assert hint is not None
             down, mid = self.controlnet(
                 x,
                 timestep,
                 encoder_hidden_states=emb,
-                controlnet_cond=torch.cat([hint] * len(halves)),
+                controlnet_cond=torch.cat([hint] * len(embs)),
                 conditioning_scale=1.0,
                 guess_mode=False,
                 return_dict=False,
@@ -245,8 +286,4 @@ class TiledDenoiser:
                 ],
                 "mid_block_additional_residual": mid * scales[-1],
             }
-        out = self.unet(x, timestep, encoder_hidden_states=emb, return_dict=False, **extra)[0]
-        if len(halves) == 1:
-            return out
-        uncond, cond = out.chunk(2)
-        return uncond + self.guidance * (cond - uncond)
+        return self.unet(x, timestep, encoder_hidden_states=emb, return_dict=False, **extra)[0]

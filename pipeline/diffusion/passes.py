@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,9 +33,9 @@ from PIL import Image, ImageFilter
 
 from pipeline.diffusion import tiled_vae
 from pipeline.diffusion.multidiffusion import TiledDenoiser, TileOutOfMemory
-from pipeline.diffusion.samplers import check_sampler, make_sampler
+from pipeline.diffusion.samplers import Guidance, check_sampler, img2img, model_calls, prompt_steps
 from pipeline.diffusion.tiling import TilePlan, plan_tiles
-from pipeline.errors import Cancelled, ModelError, OutOfMemory, PipelineError
+from pipeline.errors import FieldError, ModelError, OutOfMemory, ParamsError, PipelineError
 from pipeline.params import UpscaleParams, floor8
 from pipeline.progress import Progress
 from pipeline.sr.post import lanczos_resize
@@ -78,11 +78,22 @@ class CreativeSettings:
     sr_tile: int = 256  # ESRGAN tile, input px
 
 
+class Conditioning(Protocol):
+    """The encoded prompts: one ``(schedule, weight)`` per ``AND`` part of the prompt and the
+    negative prompt's schedule; a schedule's ``at(model_call)`` is the embedding in force."""
+
+    @property
+    def conds(self) -> Sequence[tuple[Any, float]]: ...
+
+    @property
+    def uncond(self) -> Any: ...
+
+
 class PromptPairEncoder(Protocol):
-    """Turns the prompt and the negative prompt into ``(cond, uncond)`` embeddings
+    """Turns the prompt and the negative prompt into their conditioning
     (:class:`pipeline.diffusion.text_encoder.PromptEncoder`)."""
 
-    def encode_pair(self, prompt: str, negative: str) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def encode_conditioning(self, prompt: str, negative: str, total_steps: int) -> Conditioning: ...
 
 
 @dataclass
@@ -184,7 +195,11 @@ def run_passes(
     """
     log = PassLog()
     passes = params.passes()
-    cond, uncond = encoder.encode_pair(params.prompt, params.negative_prompt)
+    conditioning = encoder.encode_conditioning(
+        params.prompt,
+        params.negative_prompt,
+        prompt_steps(params.scheduler, params.num_inference_steps),
+    )
     sizes = []
     w, h = rgb.shape[1], rgb.shape[0]
     for scale, creativity, _seed in passes:
@@ -205,8 +220,7 @@ def run_passes(
                     creativity=creativity,
                     seed=int(seed if seed is not None else 0),
                     tile=tile,
-                    cond=cond,
-                    uncond=uncond,
+                    conditioning=conditioning,
                     pipe=pipe,
                     upscaler=upscaler,
                     settings=settings,
@@ -235,8 +249,11 @@ def run_passes(
 
 def _pass_work(w: int, h: int, creativity: float, params: UpscaleParams) -> float:
     plan = plan_tiles(w // 8, h // 8, params.tiling_width, params.tiling_height)
-    steps = int(min(creativity, 0.999) * params.num_inference_steps) + 1
-    return steps * sum(b.w * b.h for b in plan.boxes)
+    steps = params.num_inference_steps
+    calls = model_calls(params.scheduler, steps, creativity)
+    if calls is None:  # DPM adaptive: about two calls per step of the fixed-step schedule
+        calls = 2 * (int(min(creativity, 0.999) * steps) + 1)
+    return calls * sum(b.w * b.h for b in plan.boxes)
 
 
 def _free(device: torch.device) -> None:
@@ -254,8 +271,7 @@ def _one_pass(
     creativity: float,
     seed: int,
     tile: tuple[int, int],
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
+    conditioning: Conditioning,
     pipe: StableDiffusionControlNetImg2ImgPipeline,
     upscaler: SRModel,
     settings: CreativeSettings,
@@ -318,8 +334,7 @@ def _one_pass(
         hint=hint,
         creativity=creativity,
         seed=seed,
-        cond=cond,
-        uncond=uncond,
+        conditioning=conditioning,
         pipe=pipe,
         settings=settings,
         report=report,
@@ -355,8 +370,7 @@ def _denoise(
     hint: np.ndarray,
     creativity: float,
     seed: int,
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
+    conditioning: Conditioning,
     pipe: StableDiffusionControlNetImg2ImgPipeline,
     settings: CreativeSettings,
     report: Callable[[Progress], None],
@@ -365,39 +379,41 @@ def _denoise(
     log: PassLog,
     label: str,
 ) -> torch.Tensor:
-    sampler = make_sampler(
-        params.scheduler,
-        steps=params.num_inference_steps,
-        strength=creativity,
-        scheduler_config=dict(pipe.scheduler.config),
-        seed=seed,
-        latent_shape=tuple(latent.shape),
-        device=settings.device,
-        dtype=torch.float32,
-    )
-    noise = torch.randn(latent.shape, generator=torch.Generator("cpu").manual_seed(seed))
-    x = sampler.start(latent, noise.to(settings.device))
-    del noise
-    total_calls = len(sampler.timesteps)
-    call = 0
+    steps = params.num_inference_steps
+    expected = model_calls(params.scheduler, steps, creativity)
     tile_px = plan.tile_w * plan.tile_h
-
     prefix = f"{label} · " if label else ""
+    calls = 0
 
-    def on_batch(done: int, total: int) -> None:
+    def total() -> int:
+        return max(expected or 0, calls, 1)
+
+    def message(step: int) -> str:
+        return f"{prefix}step {step}/{expected}" if expected else f"{prefix}step {step}"
+
+    def on_batch(done: int, count: int) -> None:
+        # During model call ``calls + 1``: its tiles, batch by batch.
         eta = clock.advance(tile_px * len(denoiser.plan.batches[done - 1]))
-        tiles = f" · tiles {done}/{total}" if plan.tiled else ""
-        message = f"{prefix}step {call + 1}/{total_calls}{tiles}"
-        report(Progress("diffusion", call, total_calls, message, eta_s=eta))
+        tiles = f" · tiles {done}/{count}" if plan.tiled else ""
+        report(Progress("diffusion", calls, total(), message(calls + 1) + tiles, eta_s=eta))
+
+    def on_call(n: int) -> None:
+        nonlocal calls
+        calls = n
+
+    def on_step(info: dict[str, Any]) -> None:
+        preview = latent_preview(info["denoised"])
+        report(
+            Progress("diffusion", calls, total(), message(calls), preview=preview, eta_s=clock.eta)
+        )
 
     denoiser = TiledDenoiser(
         pipe.unet,
         pipe.controlnet,
         hint,
-        cond,
-        uncond,
+        None,
+        None,
         plan=plan,
-        guidance=params.dynamic,
         resemblance=params.resemblance,
         weighting=settings.weighting,
         dtype=settings.dtype,
@@ -405,26 +421,21 @@ def _denoise(
         on_batch=on_batch,
         log=lambda msg: log.warnings.append(msg),
     )
-    sigmas = sampler.sigmas
-    one_per_sigma = len(sigmas) == total_calls + 1
+    guidance = Guidance(conditioning.conds, conditioning.uncond, params.dynamic)
     with torch.inference_mode():
-        for call, t in enumerate(sampler.timesteps):
-            if cancel():
-                raise Cancelled()
-            model_in = sampler.scale_model_input(x, t)
-            eps = denoiser(model_in, t)
-            if one_per_sigma:
-                s = float(sigmas[call])
-                preview = latent_preview(model_in * math.sqrt(s * s + 1) - s * eps)
-            else:
-                preview = latent_preview(model_in)
-            x = sampler.step(eps, t, x)
-            message = f"{prefix}step {call + 1}/{total_calls}"
-            report(
-                Progress(
-                    "diffusion", call + 1, total_calls, message, preview=preview, eta_s=clock.eta
-                )
-            )
+        x = img2img(
+            params.scheduler,
+            latent,
+            steps=steps,
+            strength=creativity,
+            seed=seed,
+            model=denoiser,
+            guidance=guidance,
+            noise_source=params.noise_source,
+            scheduler_config=dict(pipe.scheduler.config),
+            on_call=on_call,
+            callback=on_step,
+        )
     log.model_calls += denoiser.stats.calls
     log.unet_latent_px += denoiser.stats.latent_px
     if not torch.isfinite(x).all():
@@ -439,12 +450,29 @@ def check_creative_params(params: UpscaleParams) -> list[str]:
     """Refusals and warnings for creative-mode parameters this engine cannot honour, checked
     before any model is loaded."""
     check_sampler(params.scheduler)
-    if params.handfix == "hands_only":
-        raise PipelineError(
-            "handfix=hands_only is not supported by the local engine (it needs MediaPipe hand "
-            "detection); use handfix=disabled"
-        )
+    if params.scheduler == "UniPC":
+        # A1111's UniPC of order 3 needs three img2img steps in every pass.
+        for _scale, creativity, _seed in params.passes():
+            if int(min(creativity, 0.999) * params.num_inference_steps) < 3:
+                raise ParamsError(
+                    FieldError(
+                        "creativity",
+                        round(creativity, 4),
+                        "enough for three UniPC steps in every pass (creativity × steps ≥ 3, "
+                        "after the multi-step factor); raise creativity or the steps, or choose "
+                        "another sampler",
+                    )
+                )
     warnings = []
+    if params.handfix == "hands_only":
+        from pipeline.diffusion.handfix import require_detector
+
+        require_detector()
+        if params.scale_factor != 2:
+            warnings.append(
+                "Clarity's hand fix produces an image only at scale 2 (it halves the upscaled "
+                "hand); at this scale the hand is resized to fit"
+            )
     if params.handfix == "image_and_hands":
         warnings.append("handfix=image_and_hands does nothing in Clarity either; ignored")
     return warnings

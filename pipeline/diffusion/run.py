@@ -24,7 +24,7 @@ from pipeline.diffusion.passes import (
     lora_requests,
     run_passes,
 )
-from pipeline.errors import ImageError
+from pipeline.errors import ImageError, PipelineError
 from pipeline.io.load import load_image
 from pipeline.params import UpscaleParams
 from pipeline.progress import Progress, RunExtras
@@ -142,9 +142,23 @@ def upscale_creative(
 
     started = time.perf_counter()
     rgb8 = _to_uint8(rgb)
+    hand = None
+    crop = rgb8  # the whole image, or only the hand (handfix=hands_only)
+    if params.handfix == "hands_only":
+        from pipeline.diffusion import handfix
+
+        report(Progress("handfix", 0, 1, "finding the hand"))
+        box = handfix.find_hand(rgb8)
+        if box is None:
+            raise PipelineError(
+                "no hand found in the image; with handfix=hands_only Clarity upscales only the "
+                "first hand it finds and returns no image without one (use handfix=disabled to "
+                "upscale the whole image)"
+            )
+        crop, hand = handfix.hand_crop(rgb8, box)
     try:
         out, log = run_passes(
-            rgb8,
+            crop,
             params,
             pipe=pipe,
             encoder=encoder,
@@ -159,12 +173,23 @@ def upscale_creative(
         if device.type == "cuda":
             torch.cuda.empty_cache()
     extras.warnings.extend(log.warnings)
+    if hand is not None:
+        from pipeline.diffusion import handfix
+
+        if not hand.fits(out.shape):
+            extras.warnings.append(
+                "the upscaled hand, halved, does not match its crop (Clarity gives no image "
+                "here); it was resized to fit"
+            )
+        out = handfix.paste_hand(rgb8, out, hand)
     extras.timings["passes"] = time.perf_counter() - started
     out_size = (out.shape[1], out.shape[0])
 
     started = time.perf_counter()
     out_alpha = None
-    if alpha is not None:
+    if alpha is not None and hand is not None:
+        out_alpha = alpha  # the hand fix keeps the input's size
+    elif alpha is not None:
         out_alpha = upscale_plane(
             alpha, params, upscaler, sr_tile, out_size, "alpha", report, cancel
         )

@@ -1,341 +1,517 @@
-"""A1111's samplers, run on diffusers schedulers, with A1111's img2img schedule and noise.
+"""A1111 v1.7's samplers by label, with its img2img schedule, model call and noise.
 
-Clarity picks a sampler by its A1111 label (``DPM++ 3M SDE Karras`` by default). Three things
-decide what such a run produces, and plain diffusers gets each one slightly wrong for us:
+Clarity picks a sampler by its A1111 label (``DPM++ 3M SDE Karras`` by default). What such a run
+computes is decided by four things, each reproduced here as A1111 v1.7 does it:
 
-* **The sigma schedule.** For img2img A1111 runs ``t_enc + 1`` steps (``t_enc =
-  int(min(strength, .999)·steps)``) of a schedule built for the full step count, and for some
-  samplers it builds one sigma more and drops the next-to-last one. diffusers' img2img runs
-  ``int(strength·steps)`` steps of a different grid, so "creativity" would denoise less. We compute
-  A1111's sigma list ourselves (Karras, exponential or the model's uniform-in-t grid) and install
-  it in the scheduler through its Karras hook, so the solver code stays diffusers'.
-* **The noise.** A1111 draws SDE noise from a Brownian tree seeded with the image seed and ancestral
-  noise from the seeded image RNG. We do both on the CPU, so a seed gives the same result on any
-  device (bit-identical on the same device).
-* **Solver details.** diffusers' third-order SDE update has the wrong sign on one term (it is
-  ``alpha_t·D2`` away from k-diffusion's ``sample_dpmpp_3m_sde``), and its multistep solvers lower
-  their order near the end where k-diffusion does not; both are corrected here.
+* **The algorithm.** Each label names a function in k-diffusion's convention (a denoiser
+  ``D(x, sigma)``, a sigma list, a noise sampler), written as the project's own code in
+  :mod:`pipeline.diffusion.sampling`; DDIM, PLMS and UniPC are A1111's "timestep" samplers
+  on an eps model, Restart is A1111's Heun-with-restarts.
+* **The schedule.** For img2img A1111 builds the schedule for the full step count (one sigma
+  more, then the next-to-last one dropped, for the labels that discard it) and walks its last
+  ``t_enc + 1`` steps, ``t_enc = int(min(creativity, 0.999)·steps)``. Sigmas are computed in
+  float32 the way k-diffusion computes them, from the model's float32 ``alphas_cumprod``
+  (built in float64 and rounded, as the LDM code does), because the Brownian noise is queried
+  at those exact sigmas.
+* **The model call.** k-diffusion's ``CompVisDenoiser``: the UNet sees ``x / sqrt(sigma² + 1)``
+  at the *continuous* timestep interpolated from log sigma (quantisation off, A1111's default),
+  its eps becomes ``denoised = x − sigma·eps`` for every prompt, and classifier-free guidance
+  combines the denoised predictions in A1111's order,
+  ``uncond + Σ (cond_i − uncond)·weight_i·cfg`` (one term per ``AND`` part). Timestep samplers
+  combine the eps predictions the same way. The conditioning in force is looked up by model
+  call, so prompt editing switches at the call where A1111 switches.
+* **The noise.** The start noise and every ancestral draw come from one image RNG seeded with
+  the seed (:class:`pipeline.diffusion.noise.ImageRNG`, "gpu" = CUDA's Philox stream on any
+  device, or "cpu"); SDE samplers get the Brownian tree A1111 builds, seeded with the seed,
+  over the smallest positive and the largest sigma of the *full* schedule. With "gpu" the
+  tree draws CUDA's numbers too, as it does in Clarity's runs; with "cpu" it draws from torch's
+  CPU generator, as A1111 computes on a machine without a GPU. (A1111's "CPU" setting on a GPU
+  machine still draws the tree on the GPU: that mix is ``ImageRNG(..., "cpu")`` with
+  ``brownian_noise(..., source="gpu")``.)
 
-The DDIM, PLMS and UniPC labels are A1111 "timestep" samplers with their own img2img rule: the
-latent is noised to timestep ``ts[t_enc]`` of ``range(0, 1000, 1000 // steps) + 1`` and ``t_enc``
-steps run from ``ts[t_enc - 1]`` down (a one-step mismatch A1111 has; we keep it).
-
-DPM fast, DPM adaptive and Restart have no diffusers equivalent and are refused with a
-suggestion. ``DPM++ 2S a`` runs as diffusers' (non-ancestral) single-step DPM-Solver and UniPC
-ends at sigma 0 rather than at the model's smallest sigma: the two close approximations.
+Settings are A1111's defaults: eta 1 for every sampler with an eta (``eta_ancestral``), 0 for
+DDIM, ``s_noise`` 1, no churn, UniPC variant bh1 of order 3 with lower order at the end.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-
-from pipeline.errors import FieldError, ModelError, ParamsError
+from pipeline.errors import FieldError, ParamsError
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "REFUSED",
     "SAMPLERS",
     "SD15_TRAINING",
-    "BrownianNoise",
-    "Sampler",
+    "Guidance",
+    "GuidedDenoiser",
+    "ModelSchedule",
     "SamplerSpec",
     "a1111_img2img_steps",
-    "a1111_sigmas",
-    "a1111_timesteps",
     "check_sampler",
-    "initial_noise",
-    "karras_sigmas",
-    "make_sampler",
+    "img2img",
+    "model_calls",
+    "prompt_steps",
 ]
 
-# The model's training noise schedule. A scheduler built with from_config would inherit every
-# other setting of the model's scheduler (Karras flags, spacing, solver type...), so only these
-# keys are taken from the model config; everything else is the sampler's own choice.
+# The model's training noise schedule, when the model's scheduler config does not give one.
 SD15_TRAINING: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
     "trained_betas": None,
-    "prediction_type": "epsilon",
-    "steps_offset": 1,
-    "clip_sample": False,
-    "set_alpha_to_one": False,
 }
+
+_KDIFFUSION = "kdiffusion"
+_TIMESTEPS = "timesteps"
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """How one A1111 label maps onto diffusers.
+    """One A1111 label: the function it runs and A1111's options for it.
 
-    ``schedule`` is A1111's sigma schedule (``karras``, ``exponential``, ``uniform`` = the model's
-    own grid, uniform in t) or ``timesteps`` for A1111's DDIM/PLMS/UniPC family. ``noise`` is
-    ``none``, ``brownian`` (SDE samplers) or ``ancestral`` (seeded Gaussian per step).
+    ``schedule`` is ``karras``, ``exponential``, ``uniform`` (the model's own grid, uniform in t)
+    or ``timesteps`` (DDIM, PLMS, UniPC). ``second_order`` samplers count two model calls per
+    step when A1111 schedules prompt edits.
     """
 
-    cls: str
-    flags: Mapping[str, Any] = field(default_factory=dict)
+    function: str
     schedule: str = "uniform"
     discard_penultimate: bool = False
-    noise: str = "none"
-    exact: bool = True
+    brownian: bool = False
+    second_order: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        if self.schedule == "timesteps":
+            return _TIMESTEPS
+        return "restart" if self.function == "restart" else _KDIFFUSION
 
 
-def _dpm(schedule: str, order: int = 2, sde: bool = False, heun: bool = False) -> SamplerSpec:
-    flags: dict[str, Any] = {
-        "algorithm_type": "sde-dpmsolver++" if sde else "dpmsolver++",
-        "solver_order": order,
-        "solver_type": "heun" if heun else "midpoint",
-        # k-diffusion keeps full order up to the last step (which goes to sigma 0 and is
-        # first order anyway); diffusers would drop to second order one step earlier.
-        "lower_order_final": False,
-    }
+def _k(function: str, schedule: str = "uniform", **flags: Any) -> SamplerSpec:
+    options = {k: v for k, v in flags.items() if k == "solver_type"}
     return SamplerSpec(
-        "DPMSolverMultistepScheduler",
-        flags,
+        function,
         schedule,
-        discard_penultimate=order == 3,
-        noise="brownian" if sde else "none",
+        discard_penultimate=bool(flags.get("discard")),
+        brownian=bool(flags.get("brownian")),
+        second_order=bool(flags.get("second_order")),
+        options=options,
     )
 
 
-_SINGLE = {"solver_order": 2, "algorithm_type": "dpmsolver++", "lower_order_final": True}
-_2S, _K2, _K2A = (
-    "DPMSolverSinglestepScheduler",
-    "KDPM2DiscreteScheduler",
-    "KDPM2AncestralDiscreteScheduler",
-)
-# A1111's UniPC is order 3, variant bh1; diffusers' bh1 update turns NaN on a step to sigma 0
-# (0·inf), so the bh2 variant runs here.
-_UNIPC = {"solver_order": 3, "solver_type": "bh2"}
+_HEUN = {"solver_type": "heun"}
+# A1111 v1.7's table (modules/sd_samplers_kdiffusion.py, sd_samplers_extra.py and
+# sd_samplers_timesteps.py), in the order of the Clarity schema.
 SAMPLERS: dict[str, SamplerSpec] = {
-    "DPM++ 2M": _dpm("uniform"),
-    "DPM++ 2M Karras": _dpm("karras"),
-    "DPM++ 2M SDE": _dpm("uniform", sde=True),
-    "DPM++ 2M SDE Karras": _dpm("karras", sde=True),
-    "DPM++ 2M SDE Exponential": _dpm("exponential", sde=True),
-    "DPM++ 2M SDE Heun": _dpm("uniform", sde=True, heun=True),
-    "DPM++ 2M SDE Heun Karras": _dpm("karras", sde=True, heun=True),
-    "DPM++ 2M SDE Heun Exponential": _dpm("exponential", sde=True, heun=True),
-    "DPM++ 3M SDE": _dpm("uniform", order=3, sde=True),
-    "DPM++ 3M SDE Karras": _dpm("karras", order=3, sde=True),
-    "DPM++ 3M SDE Exponential": _dpm("exponential", order=3, sde=True),
-    "DPM++ SDE": SamplerSpec("DPMSolverSDEScheduler", noise="brownian"),
-    "DPM++ SDE Karras": SamplerSpec("DPMSolverSDEScheduler", schedule="karras", noise="brownian"),
-    "DPM++ 2S a": SamplerSpec(_2S, _SINGLE, exact=False),
-    "DPM++ 2S a Karras": SamplerSpec(_2S, _SINGLE, "karras", exact=False),
-    "Euler": SamplerSpec("EulerDiscreteScheduler"),
-    "Euler a": SamplerSpec("EulerAncestralDiscreteScheduler", noise="ancestral"),
-    "LMS": SamplerSpec("LMSDiscreteScheduler"),
-    "LMS Karras": SamplerSpec("LMSDiscreteScheduler", schedule="karras"),
-    "Heun": SamplerSpec("HeunDiscreteScheduler"),
-    "DPM2": SamplerSpec(_K2, {}, "uniform", True),
-    "DPM2 Karras": SamplerSpec(_K2, {}, "karras", True),
-    "DPM2 a": SamplerSpec(_K2A, {}, "uniform", True, "ancestral"),
-    "DPM2 a Karras": SamplerSpec(_K2A, {}, "karras", True, "ancestral"),
-    "DDIM": SamplerSpec("DDIMScheduler", schedule="timesteps"),
-    "PLMS": SamplerSpec("PNDMScheduler", {"skip_prk_steps": True}, "timesteps"),
-    "UniPC": SamplerSpec("UniPCMultistepScheduler", _UNIPC, "timesteps", exact=False),
+    "DPM++ 2M Karras": _k("dpmpp_2m", "karras"),
+    "DPM++ SDE Karras": _k("dpmpp_sde", "karras", second_order=True, brownian=True),
+    "DPM++ 2M SDE Exponential": _k("dpmpp_2m_sde", "exponential", brownian=True),
+    "DPM++ 2M SDE Karras": _k("dpmpp_2m_sde", "karras", brownian=True),
+    "Euler a": _k("euler_ancestral"),
+    "Euler": _k("euler"),
+    "LMS": _k("lms"),
+    "Heun": _k("heun", second_order=True),
+    "DPM2": _k("dpm_2", discard=True, second_order=True),
+    "DPM2 a": _k("dpm_2_ancestral", discard=True, second_order=True),
+    "DPM++ 2S a": _k("dpmpp_2s_ancestral", second_order=True),
+    "DPM++ 2M": _k("dpmpp_2m"),
+    "DPM++ SDE": _k("dpmpp_sde", second_order=True, brownian=True),
+    "DPM++ 2M SDE": _k("dpmpp_2m_sde", brownian=True),
+    "DPM++ 2M SDE Heun": _k("dpmpp_2m_sde", brownian=True, **_HEUN),
+    "DPM++ 2M SDE Heun Karras": _k("dpmpp_2m_sde", "karras", brownian=True, **_HEUN),
+    "DPM++ 2M SDE Heun Exponential": _k("dpmpp_2m_sde", "exponential", brownian=True, **_HEUN),
+    "DPM++ 3M SDE": _k("dpmpp_3m_sde", discard=True, brownian=True),
+    "DPM++ 3M SDE Karras": _k("dpmpp_3m_sde", "karras", discard=True, brownian=True),
+    "DPM++ 3M SDE Exponential": _k("dpmpp_3m_sde", "exponential", discard=True, brownian=True),
+    "DPM fast": _k("dpm_fast"),
+    "DPM adaptive": _k("dpm_adaptive"),
+    "LMS Karras": _k("lms", "karras"),
+    "DPM2 Karras": _k("dpm_2", "karras", discard=True, second_order=True),
+    "DPM2 a Karras": _k("dpm_2_ancestral", "karras", discard=True, second_order=True),
+    "DPM++ 2S a Karras": _k("dpmpp_2s_ancestral", "karras", second_order=True),
+    "Restart": _k("restart", "karras", second_order=True),
+    "DDIM": SamplerSpec("ddim", "timesteps"),
+    "PLMS": SamplerSpec("plms", "timesteps"),
+    "UniPC": SamplerSpec("unipc", "timesteps"),
 }
 
-# Labels with no diffusers counterpart: why, and the supported label closest in behaviour.
-REFUSED: dict[str, tuple[str, str]] = {
-    "DPM fast": ("k-diffusion's fixed-step DPM-Solver of adaptive order", "DPM++ 2M Karras"),
-    "DPM adaptive": ("k-diffusion's adaptive step-size DPM-Solver", "DPM++ 2M Karras"),
-    "Restart": ("A1111's Restart sampler (Heun steps with noise re-injection)", "DPM++ SDE Karras"),
-}
-
-# diffusers schedulers whose Karras hook we cannot use (no Karras option): we assign the schedule.
-_NO_KARRAS_HOOK = {"EulerAncestralDiscreteScheduler"}
+# A1111's defaults for the sampler settings (Settings ▸ Sampler parameters).
+ETA_ANCESTRAL = 1.0
+ETA_DDIM = 0.0
+S_NOISE = 1.0
+_UNIPC_ORDER = 3
+# k-diffusion functions that take an eta (A1111 passes eta_ancestral to all of them).
+_WITH_ETA = frozenset(
+    {
+        "euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde",
+        "dpmpp_2m_sde", "dpmpp_3m_sde", "dpm_fast", "dpm_adaptive",
+    }
+)  # fmt: skip
+_WITH_S_NOISE = _WITH_ETA | {"euler", "heun", "dpm_2"}
 
 
 def check_sampler(name: str) -> SamplerSpec:
     """Return the spec for an A1111 label, or raise ParamsError on ``scheduler``; builds nothing."""
     spec = SAMPLERS.get(name) if isinstance(name, str) else None
-    if spec is not None:
-        return spec
-    if isinstance(name, str) and name in REFUSED:
-        what, instead = REFUSED[name]
-        allowed = (
-            f"the local engine has no equivalent of {what}; choose {instead!r}, the nearest "
-            "supported sampler"
-        )
-    else:
-        allowed = f"one of the supported A1111 samplers ({', '.join(SAMPLERS)})"
-    raise ParamsError(FieldError("scheduler", name, allowed))
+    if spec is None:
+        allowed = f"one of the A1111 samplers ({', '.join(SAMPLERS)})"
+        raise ParamsError(FieldError("scheduler", name, allowed))
+    return spec
 
 
 def a1111_img2img_steps(steps: int, strength: float) -> int:
-    """Sampler steps A1111 runs for img2img (k-diffusion samplers); not model calls."""
+    """Sampler steps A1111 runs for img2img (``t_enc + 1``); not model calls."""
     return int(min(strength, 0.999) * steps) + 1
 
 
-# --- schedules (numpy, float64) ---------------------------------------------------------------
+def prompt_steps(name: str, steps: int) -> int:
+    """A1111's ``total_steps`` for prompt schedules: ``steps``, doubled for second-order labels."""
+    return steps * 2 if check_sampler(name).second_order else steps
 
 
-def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> np.ndarray:
-    """Karras et al. (2022) schedule: n sigmas, evenly spaced in sigma^(1/rho)."""
-    ramp = np.linspace(0.0, 1.0, n)
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return (hi + ramp * (lo - hi)) ** rho
+# --- the model's noise schedule ------------------------------------------------------------------
 
 
-def _base_sigmas(schedule: str, n: int, model_sigmas: np.ndarray) -> np.ndarray:
-    lo, hi = float(model_sigmas[0]), float(model_sigmas[-1])
-    if schedule == "karras":
-        return karras_sigmas(n, lo, hi)
-    if schedule == "exponential":
-        return np.exp(np.linspace(math.log(hi), math.log(lo), n))
-    # The model's own grid: n points uniform in t from the last training step to t = 0,
-    # log-sigma interpolated between integer steps.
-    t = np.linspace(len(model_sigmas) - 1, 0, n)
-    return np.exp(np.interp(t, np.arange(len(model_sigmas)), np.log(model_sigmas)))
+class ModelSchedule:
+    """The model's discrete noise levels, as k-diffusion's ``DiscreteSchedule`` holds them."""
 
-
-def a1111_sigmas(
-    schedule: str, steps: int, strength: float, model_sigmas: np.ndarray, discard: bool
-) -> np.ndarray:
-    """The sigmas A1111's img2img walks for a k-diffusion sampler, ending in 0."""
-    full = np.append(_base_sigmas(schedule, steps + int(discard), model_sigmas), 0.0)
-    if discard:
-        full = np.concatenate([full[:-2], full[-1:]])
-    t_enc = int(min(strength, 0.999) * steps)
-    return full[steps - t_enc - 1 :]
-
-
-def a1111_timesteps(steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
-    """A1111's ascending timestep grid for DDIM/PLMS/UniPC."""
-    ts = np.arange(0, num_train_timesteps, num_train_timesteps // steps) + 1
-    return np.clip(ts, 0, num_train_timesteps - 1)
-
-
-# --- noise ------------------------------------------------------------------------------------
-
-
-def initial_noise(seed: int, shape: Sequence[int], device: Any = "cpu", dtype: Any = None):
-    """Seeded standard-normal start noise drawn on the CPU (A1111's CPU RNG stream)."""
-    import torch
-
-    gen = torch.Generator("cpu").manual_seed(int(seed))
-    return torch.randn(tuple(shape), generator=gen).to(device=device, dtype=dtype)
-
-
-class BrownianNoise:
-    """Normalised Brownian increments ``(W(s') - W(s)) / sqrt(|s' - s|)`` over sigma.
-
-    One fixed Brownian path per seed (torchsde's tree, generated on the CPU), so the noise a
-    step sees depends only on its sigma interval: the same seed gives the same image whatever the
-    step count or device. Callable as ``noise(sigma, sigma_next)``, like k-diffusion's sampler.
-    """
-
-    _TOL = 1e-6  # torchsde quantises times to this many digits; queries must stay inside
-
-    def __init__(self, shape, sigma_min, sigma_max, seed: int, device="cpu", dtype=None) -> None:
+    def __init__(self, alphas_cumprod: torch.Tensor) -> None:
         import torch
-        import torchsde
 
-        lo, hi = float(sigma_min), float(sigma_max)
-        digits = round(-math.log10(self._TOL))
-        self._lo, self._hi = round(lo, digits), round(hi, digits)
-        self._device, self._dtype = device, dtype
-        w0 = torch.zeros(tuple(shape), dtype=torch.float32)
-        self._tree = torchsde.BrownianTree(lo, w0, hi, entropy=int(seed), tol=self._TOL)
+        self.alphas_cumprod = alphas_cumprod.to(torch.float32)
+        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
+        self.log_sigmas = self.sigmas.log()
 
-    def __call__(self, sigma, sigma_next) -> torch.Tensor:
-        a, b = float(sigma), float(sigma_next)
-        t0, t1 = sorted(min(max(v, self._lo), self._hi) for v in (a, b))
-        # torchsde is untyped: pyright infers every return_U/return_A shape; this is the plain W.
-        w = cast("torch.Tensor", self._tree(t0, t1))
-        if a != b:
-            w = w / math.sqrt(abs(b - a))
-        if b < a:  # increment taken from sigma towards sigma_next, as k-diffusion does
-            w = -w
-        return w.to(device=self._device, dtype=self._dtype)
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None = None) -> ModelSchedule:
+        """From a diffusers scheduler config (SD 1.5's when None), as the LDM code builds it:
+        betas and their cumulative product in float64, stored in float32."""
+        import torch
+
+        cfg = {**SD15_TRAINING, **{k: v for k, v in (config or {}).items() if v is not None}}
+        n = int(cfg["num_train_timesteps"])
+        if cfg.get("trained_betas") is not None:
+            betas = torch.tensor(cfg["trained_betas"], dtype=torch.float64)
+        elif cfg["beta_schedule"] == "scaled_linear":
+            lo, hi = float(cfg["beta_start"]) ** 0.5, float(cfg["beta_end"]) ** 0.5
+            betas = torch.linspace(lo, hi, n, dtype=torch.float64) ** 2
+        elif cfg["beta_schedule"] == "linear":
+            betas = torch.linspace(cfg["beta_start"], cfg["beta_end"], n, dtype=torch.float64)
+        else:
+            raise ParamsError(
+                FieldError(
+                    "beta_schedule",
+                    cfg["beta_schedule"],
+                    "scaled_linear or linear (the model's scheduler config)",
+                )
+            )
+        return cls(torch.cumprod(1.0 - betas, dim=0).to(torch.float32))
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The continuous timestep of ``sigma``: linear in log sigma between training steps."""
+        log_sigma = sigma.log()
+        log_sigmas = self.log_sigmas.to(sigma.device)
+        dists = log_sigma - log_sigmas[:, None]
+        low = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=log_sigmas.shape[0] - 2)
+        high = low + 1
+        lo, hi = log_sigmas[low], log_sigmas[high]
+        w = ((lo - log_sigma) / (lo - hi)).clamp(0, 1)
+        return ((1 - w) * low + w * high).view(sigma.shape)
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.float()
+        low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+        log_sigmas = self.log_sigmas.to(t.device)
+        return ((1 - w) * log_sigmas[low] + w * log_sigmas[high]).exp()
+
+    def full_sigmas(self, spec: SamplerSpec, steps: int) -> torch.Tensor:
+        """A1111's ``get_sigmas``: the whole schedule for ``steps``, ending in 0."""
+        import torch
+
+        n = steps + 1 if spec.discard_penultimate else steps
+        if spec.schedule == "karras":
+            rho = 7.0
+            ramp = torch.linspace(0, 1, n)
+            lo, hi = self.sigma_min ** (1 / rho), self.sigma_max ** (1 / rho)
+            sigmas = (hi + ramp * (lo - hi)) ** rho
+        elif spec.schedule == "exponential":
+            sigmas = torch.linspace(math.log(self.sigma_max), math.log(self.sigma_min), n).exp()
+        else:
+            sigmas = self.t_to_sigma(torch.linspace(len(self.sigmas) - 1, 0, n))
+        sigmas = torch.cat([sigmas, sigmas.new_zeros([1])])
+        if spec.discard_penultimate:
+            sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+        return sigmas
 
 
-# --- the sampler ------------------------------------------------------------------------------
+# --- the model call --------------------------------------------------------------------------
 
 
-class Sampler:
-    """One img2img run of an A1111 sampler: ``start``, then per ``timesteps`` entry
-    ``scale_model_input`` / model / ``step``.
+class EpsModel(Protocol):
+    """The UNet (tiled, with ControlNet): one noise prediction per prompt embedding."""
 
-    ``sigmas[i]`` is the noise level the solver assumes at model call ``i`` of a one-call-per-step
-    sampler and the list ends with the level the last step lands on (0, or the model's smallest
-    sigma for DDIM/PLMS, as in A1111). ``start_sigma`` is the level ``start`` noises to.
+    def predict(
+        self, model_input: torch.Tensor, t: torch.Tensor, embeddings: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]: ...
+
+
+class CondAt(Protocol):
+    """A prompt embedding that may change with the model call (prompt editing)."""
+
+    def at(self, step: int) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class _Fixed:
+    tensor: torch.Tensor
+
+    def at(self, step: int) -> torch.Tensor:
+        return self.tensor
+
+
+def _as_schedule(value: Any) -> CondAt:
+    return value if hasattr(value, "at") else _Fixed(value)
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """The prompts and the CFG scale: ``conds`` holds one ``(embedding, weight)`` per ``AND``
+    part; embeddings are tensors ``[1, L, D]`` or schedules with ``at(model_call)``."""
+
+    conds: Sequence[tuple[Any, float]]
+    uncond: Any
+    scale: float
+
+    @classmethod
+    def plain(cls, cond: Any, uncond: Any, scale: float) -> Guidance:
+        return cls(((cond, 1.0),), uncond, scale)
+
+
+class GuidedDenoiser:
+    """A1111's ``CFGDenoiser`` around k-diffusion's ``CompVisDenoiser``, over an eps model.
+
+    ``denoise(x, sigma)`` is the k-diffusion denoiser ``D``; ``eps(x, t)`` is the timestep
+    samplers' model. ``calls`` counts model calls (A1111's ``step``, which picks the prompt in
+    force); ``on_call(calls)`` runs after each.
     """
 
     def __init__(
         self,
-        name: str,
-        spec: SamplerSpec,
-        scheduler: Any,
-        timesteps: torch.Tensor,
-        sigmas: torch.Tensor,
+        model: EpsModel,
+        guidance: Guidance,
+        schedule: ModelSchedule,
         *,
-        start_alpha_sigma: tuple[float, float] | None,
-        latent_shape: tuple[int, ...],
-        brownian: BrownianNoise | None = None,
-        generator: torch.Generator | None = None,
+        on_call: Callable[[int], None] | None = None,
     ) -> None:
-        self.name, self.spec, self.scheduler = name, spec, scheduler
-        self.timesteps, self.sigmas = timesteps, sigmas
-        self.num_model_calls = len(timesteps)
-        self.latent_shape = latent_shape
-        self._start_vp = start_alpha_sigma  # timestep samplers noise by (alpha, sigma) in VP form
-        self._brownian, self._generator = brownian, generator
-        self._steps_done = 0
-        if start_alpha_sigma is None:
-            self.start_sigma = float(sigmas[0])
-        else:
-            alpha, sigma = start_alpha_sigma
-            self.start_sigma = sigma / alpha
+        self.model = model
+        self.conds = [(_as_schedule(c), float(w)) for c, w in guidance.conds]
+        self.uncond = _as_schedule(guidance.uncond)
+        self.scale = float(guidance.scale)
+        self.schedule = schedule
+        self.on_call = on_call or (lambda _calls: None)
+        self.calls = 0
+        # CFG 1 with a single, full-weight prompt is the conditional prediction alone.
+        self._cond_only = self.scale == 1.0 and len(self.conds) == 1 and self.conds[0][1] == 1.0
 
-    def start(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The noised start latent (in the scheduler's own scaling)."""
-        for what, tensor in (("x0", x0), ("noise", noise)):
-            if tuple(tensor.shape) != tuple(self.latent_shape):
-                raise ValueError(f"{what} has shape {tuple(tensor.shape)}, not {self.latent_shape}")
-        if self._start_vp is not None:
-            alpha, sigma = self._start_vp
-            return alpha * x0 + sigma * noise
-        return self.scheduler.add_noise(x0, noise, self.timesteps[:1])
+    def _predict(self, x: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
+        """Predictions for the conds, then the uncond (absent when it is not needed)."""
+        embs = [c.at(self.calls) for c, _ in self.conds]
+        if not self._cond_only:
+            embs.append(self.uncond.at(self.calls))
+        return self.model.predict(x, t, embs)
 
-    def scale_model_input(self, x: torch.Tensor, t: Any) -> torch.Tensor:
-        return self.scheduler.scale_model_input(x, t)
+    def _combine(self, outs: list[torch.Tensor]) -> torch.Tensor:
+        if self._cond_only:
+            return outs[0]
+        uncond = outs[-1]
+        combined = uncond.clone()
+        for out, (_, weight) in zip(outs, self.conds, strict=False):
+            combined += (out - uncond) * (weight * self.scale)
+        return combined
 
-    def step(self, eps: torch.Tensor, t: Any, x: torch.Tensor) -> torch.Tensor:
-        """Advance one model call; ``eps`` is the (guided) noise prediction for ``x`` at ``t``."""
-        if self._steps_done >= self.num_model_calls:
-            raise RuntimeError(f"{self.name}: step() called more than {self.num_model_calls} times")
-        kwargs: dict[str, Any] = {}
-        if self.spec.noise == "ancestral":
-            kwargs["generator"] = self._generator
-        elif self.spec.noise == "brownian" and self.spec.cls == "DPMSolverMultistepScheduler":
-            kwargs["variance_noise"] = self._variance_noise(x)
-        out = self.scheduler.step(eps, t, x, return_dict=False, **kwargs)[0]
-        self._steps_done += 1
+    def _done(self) -> None:
+        self.calls += 1
+        self.on_call(self.calls)
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        sigma = torch.as_tensor(sigma).reshape(-1).to(x.device, torch.float32)
+        s = sigma.view(-1, *([1] * (x.dim() - 1)))
+        c_in = 1 / (s**2 + 1) ** 0.5
+        t = self.schedule.sigma_to_t(sigma)
+        outs = self._predict(x * c_in, t[0] if t.numel() == 1 else t)
+        denoised = [x + eps * (-s) for eps in outs]
+        out = self._combine(denoised)
+        self._done()
         return out
 
-    def _variance_noise(self, x: torch.Tensor) -> torch.Tensor:
-        i = self._steps_done
-        sigma, sigma_next = float(self.sigmas[i]), float(self.sigmas[i + 1])
-        if sigma_next <= 0:  # the last step lands on the denoised estimate; noise is unused
-            return x.new_zeros(x.shape)
-        if self._brownian is None:
-            raise RuntimeError(f"{self.name}: an SDE sampler needs its Brownian noise")
-        return self._brownian(sigma, sigma_next)
+    def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        t = torch.as_tensor(t).reshape(-1).to(x.device)
+        out = self._combine(self._predict(x, t[0] if t.numel() == 1 else t))
+        self._done()
+        return out
 
 
-def _check_args(steps, strength, seed, latent_shape) -> None:
+# --- running one img2img sampling ------------------------------------------------------------
+
+
+def model_calls(name: str, steps: int, strength: float) -> int | None:
+    """Model calls an img2img run of ``name`` makes (None for DPM adaptive: it picks its own
+    steps), for progress and time estimates."""
+    spec = check_sampler(name)
+    t_enc = int(min(strength, 0.999) * steps)
+    n = t_enc + 1  # sampler steps of the k-diffusion family
+    if spec.function == "dpm_adaptive":
+        return None
+    if spec.family == _TIMESTEPS:
+        from pipeline.diffusion.sampling import timesteps as ts
+
+        sched = ts.a1111_timesteps(steps, spec.discard_penultimate)[:t_enc]
+        counts = {"ddim": ts.ddim_model_calls, "plms": ts.plms_model_calls}
+        return counts.get(spec.function, ts.unipc_model_calls)(sched)
+    if spec.function == "restart":
+        from pipeline.diffusion.sampling import restart
+
+        full = ModelSchedule.from_config().full_sigmas(spec, steps)
+        return restart.restart_model_calls(full[steps - t_enc - 1 :])
+    if spec.second_order:
+        return 2 * n - 1  # the last step, to sigma 0, is a first-order step
+    return n
+
+
+def img2img(
+    name: str,
+    init_latent: torch.Tensor,
+    *,
+    steps: int,
+    strength: float,
+    seed: int,
+    model: EpsModel,
+    guidance: Guidance,
+    noise_source: str = "gpu",
+    scheduler_config: Mapping[str, Any] | None = None,
+    on_call: Callable[[int], None] | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> torch.Tensor:
+    """One A1111 img2img sampling of ``init_latent`` (the VAE latent × scaling factor).
+
+    ``model`` predicts eps (tiled UNet + ControlNet), ``guidance`` holds the prompts and CFG.
+    ``on_call(n)`` runs after every model call, ``callback`` after every sampler step with
+    k-diffusion's dict (``x``, ``i``, ``sigma``, ``denoised``). Returns the final latent.
+    """
+    import torch
+
+    from pipeline.diffusion.noise import ImageRNG, brownian_noise
+
+    spec = check_sampler(name)
+    _check_args(steps, strength, seed, tuple(init_latent.shape))
+    x0 = init_latent.to(torch.float32)
+    schedule = ModelSchedule.from_config(scheduler_config)
+    denoiser = GuidedDenoiser(model, guidance, schedule, on_call=on_call)
+    rng = ImageRNG(seed, tuple(x0.shape), source=noise_source, device=x0.device)
+    noise = rng.next().to(x0.device, torch.float32)
+    t_enc = int(min(strength, 0.999) * steps)
+
+    if spec.family == _TIMESTEPS:
+        from pipeline.diffusion.sampling import timesteps as ts
+
+        alphas = schedule.alphas_cumprod.to(x0.device)
+        sched, sqrt_a, sqrt_1ma = ts.timestep_img2img_plan(
+            steps, strength, alphas, discard=spec.discard_penultimate
+        )
+        xi = x0 * sqrt_a + noise * sqrt_1ma
+        if spec.function == "ddim":
+            return ts.ddim(
+                denoiser.eps, xi, sched, alphas,
+                noise=rng.noise_sampler(), eta=ETA_DDIM, callback=callback,
+            )  # fmt: skip
+        if spec.function == "plms":
+            return ts.plms(denoiser.eps, xi, sched, alphas, callback=callback)
+        if len(sched) < _UNIPC_ORDER:
+            raise ParamsError(
+                FieldError(
+                    "creativity",
+                    strength,
+                    f"at least {_UNIPC_ORDER / steps:.3f} for UniPC at {steps} steps (A1111's "
+                    f"UniPC of order {_UNIPC_ORDER} needs {_UNIPC_ORDER} img2img steps); "
+                    "raise creativity or the steps, or choose another sampler",
+                )
+            )
+        return ts.unipc(denoiser.eps, xi, sched, alphas, is_img2img=True, callback=callback)
+
+    full = schedule.full_sigmas(spec, steps).to(x0.device)
+    sigma_sched = full[steps - t_enc - 1 :]
+    xi = x0 + noise * sigma_sched[0]
+    if spec.brownian:
+        positive = full[full > 0]
+        tree = brownian_noise(x0, positive.min(), full.max(), seed, source=noise_source)
+        noise_sampler = _quiet(tree)
+    else:
+        noise_sampler = rng.noise_sampler()
+
+    if spec.family == "restart":
+        from pipeline.diffusion.sampling import restart
+
+        return restart.restart(
+            denoiser.denoise, xi, sigma_sched,
+            noise=noise_sampler, s_noise=S_NOISE, callback=callback,
+        )  # fmt: skip
+
+    from pipeline.diffusion.sampling import kdiffusion
+
+    function = kdiffusion.SAMPLER_FUNCTIONS[spec.function]
+    kwargs: dict[str, Any] = dict(spec.options)
+    if spec.function in _WITH_ETA:
+        kwargs["eta"] = ETA_ANCESTRAL
+    if spec.function in _WITH_S_NOISE:
+        kwargs["s_noise"] = S_NOISE
+    if spec.function in ("dpm_fast", "dpm_adaptive"):
+        # Their schedule is (sigma_min, sigma_max[, n]); A1111 takes the last positive sigma of
+        # the img2img slice, since 0 is not allowed.
+        kwargs["sigma_min"] = sigma_sched[-2]
+        kwargs["sigma_max"] = sigma_sched[0]
+        if spec.function == "dpm_fast":
+            kwargs["n"] = len(sigma_sched) - 1
+        result = function(denoiser.denoise, xi, noise=noise_sampler, callback=callback, **kwargs)
+        return result[0] if isinstance(result, tuple) else result
+    return function(
+        denoiser.denoise, xi, sigma_sched, noise=noise_sampler, callback=callback, **kwargs
+    )
+
+
+def _quiet(noise: Callable[[Any, Any], torch.Tensor]) -> Callable[[Any, Any], torch.Tensor]:
+    """The Brownian tree without torchsde's note on queries that float32 rounding puts a hair
+    outside its end points (A1111 prints it on every run; the value is the end point's)."""
+
+    def call(sigma: Any, sigma_next: Any) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)
+            return noise(sigma, sigma_next)
+
+    return call
+
+
+def _check_args(steps: Any, strength: Any, seed: Any, latent_shape: Any) -> None:
     errors = []
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
         errors.append(FieldError("num_inference_steps", steps, "a whole number from 1 to 1000"))
@@ -348,172 +524,3 @@ def _check_args(steps, strength, seed, latent_shape) -> None:
         errors.append(FieldError("latent_shape", latent_shape, "(batch, channels, height, width)"))
     if errors:
         raise ParamsError(errors)
-
-
-def _build_scheduler(spec: SamplerSpec, scheduler_config: Mapping[str, Any] | None) -> Any:
-    import diffusers
-
-    cls = getattr(diffusers, spec.cls)
-    accepted = inspect.signature(cls.__init__).parameters
-    given = dict(scheduler_config or {})
-    config = {k: given.get(k, v) for k, v in SD15_TRAINING.items() if k in accepted}
-    config.update(spec.flags)
-    sigma_based = spec.schedule != "timesteps" or spec.cls == "UniPCMultistepScheduler"
-    if sigma_based and spec.cls not in _NO_KARRAS_HOOK:
-        config["use_karras_sigmas"] = True  # the hook through which our sigmas go in
-    try:
-        return cls.from_config(config)
-    except (ValueError, TypeError, NotImplementedError) as exc:
-        raise ModelError(
-            f"the model's scheduler settings cannot drive the {spec.cls} sampler ({exc}); "
-            "check the model's scheduler config or choose another sampler"
-        ) from exc
-
-
-def _install_sigmas(sched: Any, sigmas: np.ndarray, device: Any) -> None:
-    """Put a sigma list (ending in 0) into a sigma-based scheduler, then read it back.
-
-    Uses private diffusers internals (``_convert_to_karras``; ``sigmas``/``timesteps`` for Euler
-    a), so the read-back turns a diffusers change into a clear error instead of a wrong image.
-    """
-    import torch
-
-    nonzero = np.asarray(sigmas[:-1], dtype=np.float64)
-    if type(sched).__name__ in _NO_KARRAS_HOOK:
-        sched.set_timesteps(len(nonzero), device=device)
-        ac = sched.alphas_cumprod.double().numpy()
-        log_sigmas = 0.5 * np.log((1 - ac) / ac)  # increasing with t
-        ts = np.interp(np.log(nonzero), log_sigmas, np.arange(len(ac))).astype(np.float32)
-        sched.sigmas = torch.from_numpy(np.asarray(sigmas, dtype=np.float32))
-        sched.timesteps = torch.from_numpy(ts).to(device)
-    else:
-        sched._convert_to_karras = lambda in_sigmas, num_inference_steps=None: nonzero.copy()
-        sched.set_timesteps(len(nonzero), device=device)
-    sched.set_begin_index(0)
-    got = torch.unique_consecutive(sched.sigmas.float().cpu())
-    want = torch.from_numpy(np.asarray(sigmas, dtype=np.float32))
-    calls = sched.order * len(nonzero) - (sched.order - 1)
-    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-5, atol=1e-7):
-        raise RuntimeError(f"{type(sched).__name__} did not take the A1111 sigma schedule")
-    if len(sched.timesteps) != calls:
-        raise RuntimeError(f"{type(sched).__name__} has {len(sched.timesteps)} calls, not {calls}")
-
-
-def _sigma_at(alphas_cumprod: np.ndarray, t: float) -> float:
-    """VE sigma at a (possibly fractional) training step, log-alpha interpolated like A1111's
-    UniPC noise schedule."""
-    log_alpha = np.interp(t, np.arange(len(alphas_cumprod)), 0.5 * np.log(alphas_cumprod))
-    return float(math.sqrt(math.expm1(-2.0 * log_alpha)))
-
-
-def _timestep_plan(spec: SamplerSpec, sched: Any, steps: int, strength: float, device: Any):
-    """DDIM/PLMS/UniPC: A1111's ``t_enc`` steps from ``ts[t_enc - 1]``, noised to ``ts[t_enc]``."""
-    import torch
-
-    ac = sched.alphas_cumprod.double().numpy()
-    ts = a1111_timesteps(steps, len(ac))
-    t_enc = int(min(strength, 0.999) * steps)
-    a_start = float(ac[ts[t_enc]])
-    start = (math.sqrt(a_start), math.sqrt(1.0 - a_start))
-    run = ts[:t_enc][::-1].copy()  # descending
-    if t_enc == 0:  # nothing to run: A1111 returns the lightly noised start latent
-        return torch.zeros(0, device=device), torch.tensor([start[1] / start[0]]), start
-    if spec.cls == "UniPCMultistepScheduler":
-        # A1111's UniPC: t_enc steps uniform in t from ts[t_enc - 1] to t = 0.
-        grid = np.linspace(float(run[0]), 0.0, t_enc + 1)[:-1]
-        sigmas = np.append([_sigma_at(ac, g) for g in grid], 0.0)
-        _install_sigmas(sched, sigmas, device)
-        return sched.timesteps, torch.from_numpy(sigmas.astype(np.float32)), start
-    # DDIM/PNDM step from t to t - n_train // steps (so num_inference_steps stays ``steps``),
-    # the last step landing on the scheduler's final alpha.
-    sched.set_timesteps(steps, device=device)
-    final_alpha = float(sched.final_alpha_cumprod)
-    levels = [math.sqrt((1 - ac[t]) / ac[t]) for t in run]
-    sigmas = np.array([*levels, math.sqrt((1 - final_alpha) / final_alpha)])
-    if spec.cls == "PNDMScheduler" and len(run) > 1:
-        # PLMS warms up by evaluating the second timestep twice (CompVis' improved Euler start).
-        run = np.concatenate([run[:2], run[1:]])
-    sched.timesteps = torch.from_numpy(run.astype(np.int64)).to(device)
-    return sched.timesteps, torch.from_numpy(sigmas.astype(np.float32)), start
-
-
-def _fix_third_order_sde(sched: Any) -> None:
-    """Correct diffusers' third-order SDE-DPM-Solver++ update to k-diffusion's 3M SDE.
-
-    diffusers weights ``D2`` by ``(1 - e^{-2h} - 2h)/(2h)^2 - 0.5``; the 3M SDE (phi_3 at 2h) needs
-    ``+ 0.5`` there, so its result is ``alpha_t·D2`` short. Pinned diffusers; test-guarded.
-    """
-    import torch
-
-    original = sched.multistep_dpm_solver_third_order_update
-
-    def corrected(model_output_list, *args, sample=None, noise=None, **kwargs):
-        x_t = original(model_output_list, *args, sample=sample, noise=noise, **kwargs)
-        i, sig = sched.step_index, sched.sigmas
-        lam = [-torch.log(sig[j]) for j in (i + 1, i, i - 1, i - 2)]  # lambda = -log sigma
-        h, h0, h1 = lam[0] - lam[1], lam[1] - lam[2], lam[2] - lam[3]
-        r0, r1 = h0 / h, h1 / h
-        m0, m1, m2 = model_output_list[-1], model_output_list[-2], model_output_list[-3]
-        d2 = ((m0 - m1) / r0 - (m1 - m2) / r1) / (r0 + r1)
-        alpha_t = 1.0 / torch.sqrt(sig[i + 1] ** 2 + 1.0)
-        return x_t + (alpha_t * d2).to(x_t.dtype)
-
-    sched.multistep_dpm_solver_third_order_update = corrected
-
-
-def make_sampler(
-    name: str,
-    *,
-    steps: int,
-    strength: float,
-    scheduler_config: Mapping[str, Any] | None = None,
-    seed: int,
-    latent_shape: Sequence[int],
-    device: Any = "cpu",
-    dtype: Any = None,
-) -> Sampler:
-    """Build the A1111 sampler ``name`` for an img2img run of ``steps`` at ``strength``.
-
-    ``scheduler_config`` is the model's scheduler config; only its training noise schedule is
-    used (SD1.5's when absent). ``seed`` seeds the SDE/ancestral noise, drawn on the CPU.
-    """
-    import torch
-
-    spec = check_sampler(name)
-    _check_args(steps, strength, seed, latent_shape)
-    shape = tuple(int(d) for d in latent_shape)
-    dtype = dtype or torch.float32
-    sched = _build_scheduler(spec, scheduler_config)
-    start_vp = None
-    if spec.schedule == "timesteps":
-        timesteps, sigmas, start_vp = _timestep_plan(spec, sched, steps, strength, device)
-    else:
-        ac = sched.alphas_cumprod.double().numpy()
-        model_sigmas = np.sqrt((1 - ac) / ac)
-        plan = a1111_sigmas(spec.schedule, steps, strength, model_sigmas, spec.discard_penultimate)
-        _install_sigmas(sched, plan, device)
-        timesteps, sigmas = sched.timesteps, torch.from_numpy(plan.astype(np.float32))
-    if spec.flags.get("solver_order") == 3 and spec.noise == "brownian":
-        _fix_third_order_sde(sched)
-    brownian = generator = None
-    if spec.noise == "brownian":
-        positive = sigmas[sigmas > 0]
-        brownian = BrownianNoise(shape, positive.min(), positive.max(), seed, device, dtype)
-        if spec.cls == "DPMSolverSDEScheduler":
-            sched.noise_sampler = brownian  # replaces its own device-side tree
-    elif spec.noise == "ancestral":
-        # A1111 draws ancestral noise from the image RNG right after the start noise; skipping
-        # one latent-sized draw continues that stream instead of repeating the start noise.
-        generator = torch.Generator("cpu").manual_seed(seed)
-        torch.randn(shape, generator=generator)
-    return Sampler(
-        name,
-        spec,
-        sched,
-        timesteps,
-        sigmas,
-        start_alpha_sigma=start_vp,
-        latent_shape=shape,
-        brownian=brownian,
-        generator=generator,
-    )

@@ -10,7 +10,7 @@ import torch
 
 import pipeline.diffusion.passes as creative
 from pipeline.engine import EngineOptions, upscale, upscale_file
-from pipeline.errors import Cancelled, ModelError, PipelineError
+from pipeline.errors import Cancelled, ModelError, ParamsError, PipelineError
 from pipeline.io import LoadedImage, SourceInfo, load_image, read_run_info, save_image
 from pipeline.params import UpscaleParams
 from pipeline.progress import Progress
@@ -69,13 +69,13 @@ def test_multi_pass_plan_follows_clarity(options, monkeypatch):
     """×3 runs as ×2 then ×1.5, creativity × 0.8 and seed + 1 on the second pass, each pass
     floored to 8 px."""
     calls = []
-    real = creative.make_sampler
+    real = creative.img2img
 
-    def spy(name, **kw):
-        calls.append((kw["strength"], kw["seed"], kw["latent_shape"]))
-        return real(name, **kw)
+    def spy(name, init_latent, **kw):
+        calls.append((kw["strength"], kw["seed"], tuple(init_latent.shape)))
+        return real(name, init_latent, **kw)
 
-    monkeypatch.setattr(creative, "make_sampler", spy)
+    monkeypatch.setattr(creative, "img2img", spy)
     result = _run(options, _params(scale_factor=3, creativity=0.5))
     assert [(s, seed) for s, seed, _ in calls] == [(0.5, 7), (pytest.approx(0.4), 8)]
     assert calls[0][2] == (1, 4, 80 // 8, 112 // 8)
@@ -204,9 +204,17 @@ def test_unknown_lora_in_prompt_is_refused(options):
         _run(options, _params(prompt="a cat <lora:no_such_lora:0.7>"))
 
 
-def test_refused_sampler_and_handfix(options):
-    with pytest.raises(PipelineError, match="DPM fast"):
-        _run(options, _params(scheduler="DPM fast"))
+def test_refused_sampler_settings_and_handfix_without_its_detector(options, monkeypatch):
+    # A1111's UniPC (order 3) needs three img2img steps in every pass; refused before loading.
+    with pytest.raises(ParamsError, match="UniPC") as info:
+        _run(options, _params(scheduler="UniPC", creativity=0.1))
+    assert info.value.fields == ["creativity"]
+    from pipeline.diffusion import handfix
+
+    def missing():
+        raise PipelineError("handfix=hands_only needs MediaPipe: pip install 'clarifier[handfix]'")
+
+    monkeypatch.setattr(handfix, "require_detector", missing)
     with pytest.raises(PipelineError, match="handfix"):
         _run(options, _params(handfix="hands_only"))
 

@@ -50,6 +50,7 @@ _LABELS = {
     "lora_links": "LoRA links",
     "custom_sd_model": "Custom checkpoint",
     "upscaler_channel_order": "Channel order",
+    "noise_source": "Noise source",
     "downscaling": "Downscale first",
     "downscaling_resolution": "Downscale to",
     "creative.creativity": "Creativity",
