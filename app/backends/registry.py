@@ -32,24 +32,32 @@ segmind             clarityai-creative-upscaler  ``scale_factor`` (whole, 2–16
                                                  ``output_format``, ``creative.*``
 segmind             clarityai-flux-upscaler      ``scale_factor`` (whole, 2–16), ``prompt``,
                                                  ``output_format``, ``flux.*``
-apiframe            clarity-upscale              ``scale_factor`` (1, 2, 4, 8), ``creativity``,
+apiframe            clarity-upscale              the page's nine: ``scale_factor`` (1, 2, 4, 8,
+                                                 sent as a string), ``creativity`` and
+                                                 ``resemblance`` (steps of 0.05), ``dynamic``
+                                                 (whole), ``prompt``, ``num_inference_steps``,
+                                                 ``seed``, ``output_format`` (and the image)
+wireflow            Crystal upscaler node        ``scale_factor`` (whole, 1–16), ``creativity``
+                                                 (0–1), ``output_format``; output ≤ 64 MP
+replicate, cog      philz1337x/clarity-upscaler  the open Clarity inputs
+fal                 fal-ai/clarity-upscaler      ``scale_factor`` (up to 4), ``creativity``,
                                                  ``resemblance``, ``dynamic``, ``prompt``,
                                                  ``negative_prompt``, ``num_inference_steps``,
-                                                 ``sharpen``, ``seed``, ``output_format``
-wireflow            Crystal upscaler node        ``scale_factor``, ``creativity`` (sent as a
-                                                 whole 0–10), ``output_format``
-replicate, cog      philz1337x/clarity-upscaler  the open Clarity inputs
-fal                 fal-ai/clarity-upscaler      as apiframe without ``sharpen``; ``scale_factor``
-                                                 up to 4
+                                                 ``seed``, ``output_format``
 ==================  ===========================  ==============================================
 
 "The open Clarity inputs" are every field except Clarifier's engine choices (``mode``,
-``upscaler``, ``upscaler_channel_order``) and the closed models' knobs (``creative.*``,
-``flux.*``): the hosted Clarity always runs the diffusion pass with its own pre-upscaler.
-``output_format`` counts everywhere because Clarifier itself saves every remote result in the
-asked format. Wireflow's node is described by its catalog at run time; the table holds the
-documented guess the backend falls back to (scale and creativity only), so the window never
-offers more than certainly works.
+``upscaler``, ``upscaler_channel_order``, ``noise_source``) and the closed models' knobs
+(``creative.*``, ``flux.*``): the hosted Clarity always runs the diffusion pass with its own
+pre-upscaler. ``output_format`` counts everywhere because Clarifier itself saves every remote
+result in the asked format (keeping the provider's bytes when they already are in it).
+Wireflow's and Apiframe's pages list a closed set of fields: every other field is refused
+unless at its default, so the window hides it.
+
+A model's ``max_output_pixels`` is the output cap its provider documents (Wireflow: 64 MP);
+the remote template refuses a job past it before anything is sent, naming the largest scale
+that fits. A backend's ``options`` are its run-time switches (Segmind's ``sync``), set as
+``Request.options["<backend>.<option>"]``; :func:`parse_option` reads one from text.
 
 The ``creative.*`` knobs are hidden for the local engine: it reads only the open parameters.
 :func:`pipeline.params.emulate_creative_upscaler` converts the knobs into open parameters
@@ -61,6 +69,7 @@ knobs have no local counterpart at all.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pipeline.params import UpscaleParams
@@ -68,6 +77,7 @@ from pipeline.params import UpscaleParams
 __all__ = [
     "BackendInfo",
     "ModelInfo",
+    "OptionInfo",
     "ScaleLimits",
     "UnknownBackendError",
     "backend_class",
@@ -75,8 +85,10 @@ __all__ = [
     "get",
     "key_envs",
     "names",
+    "parse_option",
     "provider_names",
     "providers",
+    "split_options",
 ]
 
 
@@ -105,6 +117,18 @@ class ModelInfo:
     label: str  # a short human label: "ClarityAI flux upscaler"
     fields: frozenset[str]
     scales: ScaleLimits
+    # The largest output the provider documents for this model (width × height), or None.
+    max_output_pixels: int | None = None
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    """A backend's run-time switch (not a parameter: it changes how a job is run, never what
+    the result is), set per job as ``Request.options["<backend>.<name>"]``."""
+
+    name: str  # "sync"
+    choices: tuple[str, ...]  # the values it takes, as text; the first is the default
+    help: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +148,7 @@ class BackendInfo:
     default_url: str = ""
     # The vendor's own variables for the key (as its SDK reads them), checked before Clarifier's.
     vendor_key_envs: tuple[str, ...] = ()
+    options: tuple[OptionInfo, ...] = ()  # run-time switches (Segmind's sync call)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -162,7 +187,7 @@ _CREATIVE = frozenset(n for n in _ALL if n.startswith("creative."))
 _FLUX = frozenset(n for n in _ALL if n.startswith("flux."))
 # Clarifier's local engine choices: a hosted Clarity always runs the diffusion pass (``mode``)
 # with its own pre-upscaler.
-_ENGINE = frozenset({"mode", "upscaler", "upscaler_channel_order"})
+_ENGINE = frozenset({"mode", "upscaler", "upscaler_channel_order", "noise_source"})
 _OPEN_CLARITY = _ALL - _CREATIVE - _FLUX - _ENGINE
 # The common core of the hosted "Clarity" APIs that expose only the main knobs.
 _CORE = frozenset(
@@ -171,6 +196,9 @@ _CORE = frozenset(
         "num_inference_steps", "seed", "output_format",
     }
 )  # fmt: skip
+# Apiframe's page (seed 003) lists nine clarityUpscaleParams: the image and these eight.
+_APIFRAME = _CORE - {"negative_prompt"}
+_WIREFLOW_CAP = 64_000_000  # "capped at 64 megapixels" (seed 004)
 
 _FULL_RANGE = ScaleLimits(1.0, 16.0)
 _CLARITY = "Clarity upscaler"
@@ -217,6 +245,15 @@ _BACKENDS: tuple[BackendInfo, ...] = (
         ),
         default_url="https://api.segmind.com",
         vendor_key_envs=("SEGMIND_API_KEY",),
+        options=(
+            OptionInfo(
+                "sync",
+                ("false", "true", "auto"),
+                "run the job with Segmind's v1 synchronous call (one blocking request that "
+                "answers with the image); auto: for the models whose page gives a typical time "
+                "under a minute, as the page advises",
+            ),
+        ),
     ),
     BackendInfo(
         name="apiframe",
@@ -227,7 +264,7 @@ _BACKENDS: tuple[BackendInfo, ...] = (
             ModelInfo(
                 "clarity-upscale",
                 _CLARITY,
-                _CORE | {"sharpen"},
+                _APIFRAME,
                 ScaleLimits(1.0, 8.0, choices=(1.0, 2.0, 4.0, 8.0)),
             ),
         ),
@@ -243,7 +280,8 @@ _BACKENDS: tuple[BackendInfo, ...] = (
                 "process:clarityai_crystal_upscaler",
                 "ClarityAI Crystal upscaler",
                 frozenset({"scale_factor", "creativity", "output_format"}),
-                _FULL_RANGE,
+                ScaleLimits(1.0, 16.0, whole=True),
+                max_output_pixels=_WIREFLOW_CAP,
             ),
         ),
         default_url="https://www.wireflow.ai",
@@ -282,6 +320,7 @@ _BACKENDS: tuple[BackendInfo, ...] = (
     ),
 )
 _BY_NAME = {info.name: info for info in _BACKENDS}
+_TRUTHY = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}
 
 
 # --- lookups ----------------------------------------------------------------------------------
@@ -322,3 +361,37 @@ def backend_class(name: str) -> type:
 def key_envs(name: str) -> tuple[str, ...]:
     """Where ``name``'s key may be set, in the order it is read (see ``BackendInfo.key_envs``)."""
     return get(name).key_envs
+
+
+def parse_option(dotted: str, text: str) -> tuple[str, str]:
+    """``("segmind.sync", "true")`` for ``parse_option("segmind.sync", "yes")``: a backend
+    option's ``Request.options`` key and its value, checked against the entry's choices (``1``,
+    ``yes`` and ``on`` read as ``true``; ``0``, ``no`` and ``off`` as ``false``). Raises
+    :class:`UnknownBackendError` for a name no entry has, ValueError for a value it refuses."""
+    backend, _, option = dotted.partition(".")
+    info = get(backend)
+    found = next((o for o in info.options if o.name == option), None)
+    if found is None:
+        known = ", ".join(f"{backend}.{o.name}" for o in info.options) or "none"
+        raise UnknownBackendError(f"{info.label} has no option {option!r} (options: {known})")
+    value = text.strip().lower()
+    value = _TRUTHY.get(value, value)
+    if value not in found.choices:
+        raise ValueError(f"{dotted} takes {', '.join(found.choices)}, not {text!r}")
+    return f"{backend}.{option}", value
+
+
+def split_options(items: Iterable[str]) -> tuple[list[str], dict[str, str]]:
+    """``NAME=VALUE`` settings (the CLI's ``--set``) split into the parameter ones, returned as
+    they are, and the backend options (a backend's name before the dot: ``segmind.sync=true``),
+    parsed into ``Request.options`` entries. Raises as :func:`parse_option` does."""
+    params: list[str] = []
+    options: dict[str, str] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if sep and name.strip().partition(".")[0] in _BY_NAME:
+            key, value = parse_option(name.strip(), text)
+            options[key] = value
+        else:
+            params.append(item)
+    return params, options

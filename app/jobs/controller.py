@@ -13,6 +13,12 @@ written to the history store before the backend goes on, so:
 * a submit that got no answer on a provider without idempotency parks the job in
   ``submit-unknown``; only the person can send it again (:meth:`JobController.resolve`);
 * a job whose provider record expired before its result was saved ends ``lost``, with a message.
+
+**A history that cannot be written stops nothing.** When the store refuses a write (a full disk,
+a locked or damaged database), the jobs go on and their outputs are saved; the person gets one
+plain warning (no traceback) for the whole outage, and the store keeps the unwritten rows and
+writes them with the next write that succeeds (and the controller tries again once the queue
+has emptied).
 """
 
 from __future__ import annotations
@@ -259,6 +265,7 @@ class JobController:
         self._listeners: list[Listener] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._detaching = False
+        self._history_problem: str | None = None  # set while the history cannot be written
         self.jobs: dict[str, Job] = {}
 
     # --- listening ----------------------------------------------------------------------------
@@ -274,13 +281,41 @@ class JobController:
             except Exception:  # a broken listener must not break the queue
                 log.exception("job listener failed")
 
+    @property
+    def history_problem(self) -> str | None:
+        """Why the history cannot be written now (None when it can): the warning's text."""
+        return self._history_problem
+
     def _persist(self, job: Job) -> None:
         if self._store is None:
             return
         try:
             self._store.save(job.to_record())
-        except HistoryError:  # the job goes on; the person sees the warning in the log
-            log.exception("could not record job %s in the history", job.id)
+        except HistoryError as exc:
+            self._history_failed(exc)
+            return
+        self._history_written()
+
+    def _history_failed(self, exc: HistoryError) -> None:
+        """One plain warning per outage; the job goes on, the store keeps the row for later."""
+        if self._history_problem is None:
+            self._history_problem = (
+                f"{exc}. The jobs go on and their outputs are saved; the history will catch up "
+                "once it can be written."
+            )
+            log.warning("%s", self._history_problem)
+
+    def _history_written(self) -> None:
+        store = self._store
+        if self._history_problem is not None and store is not None and not store.pending:
+            self._history_problem = None
+            log.info("the run history can be written again and has caught up")
+
+    def _catch_up(self) -> None:
+        """Try once more to write what the history could not take (when the queue empties)."""
+        store = self._store
+        if store is not None and self._history_problem is not None and store.flush(force=True):
+            self._history_written()
 
     def replace_pool(self, pool: BackendPool) -> BackendPool:
         """Run new jobs on ``pool`` (after a settings change) and return the old pool, which the
@@ -380,6 +415,7 @@ class JobController:
         """Wait until every submitted job has ended (or is parked for a decision)."""
         while pending := [t for t in self._tasks.values() if not t.done()]:
             await asyncio.wait(pending)
+        self._catch_up()
 
     async def aclose(self) -> None:
         self.cancel_all()

@@ -7,11 +7,21 @@ same rows. The schema is versioned (``PRAGMA user_version``) with forward migrat
 
 Nothing secret is stored: API keys live in the OS keyring, and the remote checkpoint holds only
 ids and URLs.
+
+A write that fails (a full disk, a database another program holds locked, a damaged file) loses
+nothing that is still running: the record is kept in memory (:attr:`HistoryStore.pending`), reads
+see it, and every later write, or :meth:`HistoryStore.flush`, writes it first, so the history
+catches up as soon as the database can be written. The failed write itself raises
+:class:`HistoryError` with a plain message; the job controller turns that into one warning.
+While records wait, a write tries the database for a quarter of a second at most, and not more
+often than a growing back-off allows, so a locked database never stalls the jobs.
 """
 
 from __future__ import annotations
 
 import builtins  # HistoryStore.list names a method: later annotations say builtins.list
+import contextlib
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -27,6 +37,9 @@ __all__ = ["HistoryError", "HistoryStore", "RunRecord", "history_path"]
 
 SCHEMA_VERSION = 1
 _TERMINAL = ("succeeded", "failed", "canceled", "lost")
+_BUSY_MS = 5000  # how long a write waits for a lock held by another program
+_CATCH_UP_MS = 250  # ... and while records already wait to be written
+_BACKOFF = (1.0, 30.0)  # seconds between catch-up tries: the first, the longest
 
 _SCHEMA_V1 = """
 CREATE TABLE runs (
@@ -114,10 +127,14 @@ class HistoryStore:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or history_path()
         self._lock = threading.Lock()
+        self._pending: dict[str, RunRecord] = {}  # written as soon as the database lets us
+        self._next_try = 0.0  # monotonic time of the next catch-up attempt
+        self._backoff = _BACKOFF[0]
+        self._why = ""  # what the last failed write said
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout = 5000")
+            self._db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")  # durable at each checkpoint in WAL
             self._migrate()
@@ -138,39 +155,100 @@ class HistoryStore:
             version += 1
 
     def close(self) -> None:
+        """Write what waits, if the database lets us now, and close it."""
+        self.flush(force=True)
         with self._lock:
             self._db.close()
 
     # --- writing ------------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """How many records wait to be written (after a write failed)."""
+        with self._lock:
+            return len(self._pending)
+
     def save(self, record: RunRecord) -> None:
-        """Insert or replace ``record`` (its ``updated`` time is set now)."""
+        """Insert or replace ``record`` (its ``updated`` time is set now), after any record
+        still waiting from a failed write. Raises :class:`HistoryError` when it cannot be
+        written now; it is then kept, and written by a later save or :meth:`flush`."""
         record.updated = time.time()
-        values = [
-            json.dumps(getattr(record, c), ensure_ascii=False)
-            if c in _JSON_COLUMNS and getattr(record, c) is not None
-            else getattr(record, c)
-            for c in _COLUMNS
-        ]
+        with self._lock:
+            self._pending[record.id] = dataclasses.replace(record)
+            if self._next_try and time.monotonic() < self._next_try:  # failed a moment ago
+                raise HistoryError(
+                    f"cannot write the run history at {self.path}: {self._why} "
+                    f"({len(self._pending)} runs wait to be recorded)"
+                )
+            self._write_pending()
+
+    def flush(self, *, force: bool = False) -> bool:
+        """Write the records that wait, if the database lets us now (``force``: even before the
+        back-off allows another try). True when nothing waits any more."""
+        with self._lock:
+            if not self._pending:
+                return True
+            if not force and time.monotonic() < self._next_try:
+                return False
+            with contextlib.suppress(HistoryError):
+                self._write_pending()
+            return not self._pending
+
+    def _write_pending(self) -> None:
+        """Write every waiting record in one transaction (the lock held); on failure keep them
+        and raise :class:`HistoryError`."""
+        catching_up = bool(self._next_try)  # an earlier write failed: wait for locks briefly
         placeholders = ", ".join("?" for _ in _COLUMNS)
         sql = f"INSERT OR REPLACE INTO runs ({', '.join(_COLUMNS)}) VALUES ({placeholders})"
         try:
-            with self._lock:
-                self._db.execute(sql, values)
+            if catching_up:
+                self._db.execute(f"PRAGMA busy_timeout = {_CATCH_UP_MS}")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(sql, [_values(r) for r in self._pending.values()])
+                self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
         except sqlite3.Error as exc:
+            self._next_try = time.monotonic() + self._backoff
+            self._backoff = min(_BACKOFF[1], self._backoff * 2)
+            self._why = str(exc)
             raise HistoryError(f"cannot write the run history at {self.path}: {exc}") from exc
+        finally:
+            if catching_up:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+        self._pending.clear()
+        self._backoff = _BACKOFF[0]
+        self._next_try = 0.0
 
     def delete(self, run_id: str) -> bool:
         with self._lock:
-            cursor = self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
-        return cursor.rowcount > 0
+            waited = self._pending.pop(run_id, None) is not None
+            try:
+                cursor = self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            except sqlite3.Error as exc:
+                raise HistoryError(f"cannot write the run history at {self.path}: {exc}") from exc
+        return cursor.rowcount > 0 or waited
 
     # --- reading ------------------------------------------------------------------------------
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[RunRecord]:
+        """The rows ``sql`` selects, each replaced by its newer record where one waits."""
         with self._lock:
-            cursor = self._db.execute(sql, args)
-            names = [d[0] for d in cursor.description]
-            rows = cursor.fetchall()
-        return [self._record(dict(zip(names, row, strict=True))) for row in rows]
+            try:
+                cursor = self._db.execute(sql, args)
+                names = [d[0] for d in cursor.description]
+                rows = cursor.fetchall()
+            except sqlite3.Error as exc:
+                raise HistoryError(f"cannot read the run history at {self.path}: {exc}") from exc
+            waiting = dict(self._pending)
+        records = [self._record(dict(zip(names, row, strict=True))) for row in rows]
+        return [dataclasses.replace(waiting.get(r.id, r)) for r in records]
+
+    def _waiting(self) -> builtins.list[RunRecord]:
+        with self._lock:
+            return [dataclasses.replace(r) for r in self._pending.values()]
 
     @staticmethod
     def _record(row: Mapping[str, Any]) -> RunRecord:
@@ -181,6 +259,10 @@ class HistoryStore:
         return RunRecord(**data)
 
     def get(self, run_id: str) -> RunRecord | None:
+        with self._lock:
+            waiting = self._pending.get(run_id)
+        if waiting is not None:
+            return dataclasses.replace(waiting)
         rows = self._rows(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE id = ?", (run_id,))
         return rows[0] if rows else None
 
@@ -226,10 +308,23 @@ class HistoryStore:
         )
 
     def unfinished(self) -> builtins.list[RunRecord]:
-        """Jobs that had not ended when the last session stopped, oldest first."""
+        """Jobs that had not ended when the last session stopped, oldest first (with the
+        records still waiting to be written)."""
         placeholders = ", ".join("?" for _ in _TERMINAL)
-        return self._rows(
+        rows = self._rows(
             f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE state NOT IN ({placeholders}) "
             "ORDER BY created",
             _TERMINAL,
         )
+        known = {r.id for r in rows}
+        rows += [r for r in self._waiting() if r.id not in known]
+        return sorted((r for r in rows if not r.terminal), key=lambda r: r.created)
+
+
+def _values(record: RunRecord) -> list[Any]:
+    return [
+        json.dumps(getattr(record, c), ensure_ascii=False)
+        if c in _JSON_COLUMNS and getattr(record, c) is not None
+        else getattr(record, c)
+        for c in _COLUMNS
+    ]

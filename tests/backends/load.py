@@ -20,6 +20,7 @@ from typing import Any
 from PIL import Image
 
 from app.backends import registry
+from app.backends.capabilities import restrict
 from app.backends.remote import PollCadence, RequestBudget
 from app.jobs import JobController, JobState
 from app.jobs.providers import ProviderPool
@@ -126,11 +127,12 @@ async def run_fleet(
     controller = JobController(pool, store=store, backoff=0.05, max_attempts=5)
     names = list(PROVIDERS)
     started = time.monotonic()
+    # As the window sends them: a setting a backend cannot take (Wireflow's seed) left out.
     jobs = [
         controller.submit(
             path,
             out / names[i % len(names)] / f"{path.stem}.png",
-            UpscaleParams(seed=i),
+            restrict(UpscaleParams(seed=i), names[i % len(names)]),
             backend=names[i % len(names)],
         )
         for i, path in enumerate(inputs)

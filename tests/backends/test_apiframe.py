@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import time
 import uuid
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from app.backends.base import ErrorKind, JobError, JobState, Request
 from app.backends.providers.apiframe import ApiframeBackend
 from app.backends.remote import PollCadence, RequestBudget
 from pipeline.io.load import read_run_info
 from pipeline.params import UpscaleParams
+from tests.backends.seeds import fixture
 from tests.doubles.apiframe import Account, ApiframeDouble
 from tests.doubles.http_double import Resp, Scenario, tiny_png, until
 
@@ -34,11 +39,18 @@ def backend_for(client, double, key=KEY, **kw):
 
 
 def run(double, photo, tmp_path, *, params=None, resume=None, events=None, key=KEY, **kw):
+    options = kw.pop("options", {})
+
     async def go():
         async with httpx.AsyncClient() as client:
             backend = backend_for(client, double, key, **kw)
             request = Request(
-                "j1", photo, tmp_path / "out.png", params or UpscaleParams(), resume=resume
+                "j1",
+                photo,
+                tmp_path / "out.png",
+                params or UpscaleParams(),
+                options=options,
+                resume=resume,
             )
             return await backend.run(request, (events if events is not None else []).append)
 
@@ -51,24 +63,23 @@ def failure(*args, **kw) -> JobError:
     return err.value
 
 
-# --- the double's contract: the reference's exact requests -------------------------------------
-EXAMPLE = {  # §2.2, verbatim
+# --- the double's contract: the page's own requests ----------------------------------------------
+PAGE = fixture("003_5faef4169034b570")
+EXAMPLE = PAGE["submit"]["body"]  # the quick start's body, verbatim
+FULL = {  # every one of the nine clarityUpscaleParams, typed as the input schema types them
     "model": "clarity-upscale",
     "clarityUpscaleParams": {
         "image": "https://example.com/input.png",
         "prompt": "highly detailed, sharp focus, intricate textures",
-        "negative_prompt": "blurry",
-        "scale_factor": 2,
+        "scale_factor": "2",
         "creativity": 0.35,
         "resemblance": 0.6,
         "dynamic": 6,
         "num_inference_steps": 18,
-        "sharpen": 0,
         "output_format": "png",
         "seed": 1337,
     },
-    "webhookUrl": "https://example.com/apiframe-hook",
-    "webhookEvents": ["completed", "failed"],
+    "webhook_url": "https://example.com/apiframe-hook",
 }
 
 
@@ -77,19 +88,18 @@ def test_contract_submit_replay_poll_and_result(double):
     # virtual clock's jump below finishes it.
     double.default_scenario = Scenario(queue_s=0.0, run_s=10.0)
     headers = {"X-API-Key": KEY, "Idempotency-Key": "7b0c2f0e-6d0b-4b55-9a53-1f3f3c0d9a11"}
+    assert sorted(FULL["clarityUpscaleParams"]) == sorted(PAGE["params"])  # the page's nine
     with httpx.Client(base_url=double.url) as http:
-        first = http.post("/v2/images/upscale", json=EXAMPLE, headers=headers)
+        first = http.post(PAGE["submit"]["path"], json=EXAMPLE, headers=headers)
         assert first.status_code == 202 and first.headers["x-request-id"]
         accepted = first.json()
-        assert set(accepted) == {"jobId", "status"} and accepted["status"] == "QUEUED"
+        assert set(accepted) == set(PAGE["submitted"]) and accepted["status"] == "QUEUED"
         uuid.UUID(accepted["jobId"])
-        again = http.post("/v2/images/upscale", json=EXAMPLE, headers=headers)
+        again = http.post(PAGE["submit"]["path"], json=EXAMPLE, headers=headers)
         assert again.status_code == 202 and again.json()["jobId"] == accepted["jobId"]
-        other = {**EXAMPLE, "clarityUpscaleParams": {**EXAMPLE["clarityUpscaleParams"], "seed": 1}}
-        assert http.post("/v2/images/upscale", json=other, headers=headers).status_code == 409
+        assert http.post(PAGE["submit"]["path"], json=FULL, headers=headers).status_code == 409
         job = http.get(f"/v2/jobs/{accepted['jobId']}", headers={"X-API-Key": KEY}).json()
-        required = {"id", "status", "model", "progress", "error", "creditCost", "webhookStatus"}
-        assert required | {"createdAt", "completedAt"} <= set(job)
+        assert set(PAGE["poll"]["reads"]) - {"result"} <= set(job)
         assert job["status"] in ("QUEUED", "PROCESSING") and job["creditCost"] == 3
         double.clock.advance(11)
         done = http.get(f"/v2/jobs/{accepted['jobId']}", headers={"X-API-Key": KEY}).json()
@@ -100,21 +110,43 @@ def test_contract_submit_replay_poll_and_result(double):
         assert gone["expired"] is True and http.get(done["result"]).status_code == 404
         listed = http.get("/v2/jobs", params={"search": accepted["jobId"]}, headers=headers)
         assert [j["id"] for j in listed.json()["jobs"]] == [accepted["jobId"]]
-    assert len(double.jobs) == 1 and double.billed() == 3
+        full = http.post(PAGE["submit"]["path"], json=FULL, headers={"X-API-Key": KEY})
+        assert full.status_code == 202, full.text
+    assert len(double.jobs) == 2 and double.billed() == 6
 
 
-def test_contract_validation_auth_and_funds(double):
+def _with(**changes) -> dict:
+    params = {**FULL["clarityUpscaleParams"], **changes}
+    return {**FULL, "clarityUpscaleParams": {k: v for k, v in params.items() if v is not None}}
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "message"),
+    [
+        (_with(scale_factor=2), "clarityUpscaleParams.scale_factor", "Expected string"),
+        (_with(scale_factor="3"), "clarityUpscaleParams.scale_factor", "Invalid enum value"),
+        (_with(negative_prompt="blurry"), "clarityUpscaleParams", "'negative_prompt'"),
+        (_with(sharpen=0), "clarityUpscaleParams", "'sharpen'"),
+        (_with(creativity=0.37), "clarityUpscaleParams.creativity", "multiple of 0.05"),
+        (_with(resemblance=0.61), "clarityUpscaleParams.resemblance", "multiple of 0.05"),
+        (_with(dynamic=6.5), "clarityUpscaleParams.dynamic", "multiple of 1"),
+        (_with(creativity=1.5), "clarityUpscaleParams.creativity", "less than or equal to 1"),
+        (_with(seed=1.5), "clarityUpscaleParams.seed", "multiple of 1"),
+        (_with(output_format="tiff"), "clarityUpscaleParams.output_format", "Invalid enum"),
+        ({**FULL, "webhookUrl": "https://x.test"}, "(root)", "'webhookUrl'"),
+    ],
+)
+def test_contract_requests_of_any_other_shape_are_refused(double, body, path, message):
+    with httpx.Client(base_url=double.url) as http:
+        answer = http.post("/v2/images/upscale", json=body, headers={"X-API-Key": KEY})
+    assert answer.status_code == 400
+    assert message in " ".join(answer.json()["details"][path])
+    assert double.jobs == {} and double.billed() == 0
+
+
+def test_contract_auth_and_funds(double):
     api = "/v2/images/upscale"
     with httpx.Client(base_url=double.url) as http:
-        # The marketing quick start's string scale factor: refused by the OpenAPI's schema.
-        bad = {**EXAMPLE, "clarityUpscaleParams": {**EXAMPLE["clarityUpscaleParams"]}}
-        bad["clarityUpscaleParams"].update(scale_factor="2", sd_model="x", creativity=1.5)
-        answer = http.post(api, json=bad, headers={"X-API-Key": KEY})
-        assert answer.status_code == 400
-        details = answer.json()["details"]
-        assert details["clarityUpscaleParams.scale_factor"] == ["Expected number, received string"]
-        assert "'sd_model'" in details["clarityUpscaleParams"][0]
-        assert "less than or equal to 1" in details["clarityUpscaleParams.creativity"][0]
         assert http.post(api, json=EXAMPLE).json() == {"error": "API key is required"}
         assert http.post(api, json=EXAMPLE, headers={"X-API-Key": "nope"}).status_code == 401
         double.accounts["afk_off"] = Account(active=False, user="user-2")
@@ -153,13 +185,67 @@ def test_contract_uploads(double):
         assert huge.status_code == 400 and "25 MB" in huge.json()["error"]
         double.clock.advance(2 * 3600)  # uploads are reaped after 1–2 h
         assert http.get(body["url"]).status_code == 404
-        request = {**EXAMPLE, "clarityUpscaleParams": {"image": body["url"]}}
+        request = {**EXAMPLE, "clarityUpscaleParams": {"image": body["url"], "scale_factor": "2"}}
         dead = http.post("/v2/images/upscale", json=request)
         assert dead.status_code == 400 and "source image" in dead.json()["error"]
     assert double.billed() == 0
 
 
 # --- the backend --------------------------------------------------------------------------------
+def test_the_pages_example_is_what_clarifier_sends(double, photo, tmp_path):
+    """The quick start's settings and image: the body Clarifier sends is the page's, field for
+    field (the image URL is the double's own copy, which it can fetch)."""
+    page = EXAMPLE["clarityUpscaleParams"]
+    url = double.cdn_put(tiny_png(12, 10), name="input.jpg")
+    params = UpscaleParams(
+        prompt=page["prompt"],
+        scale_factor=float(page["scale_factor"]),
+        creativity=page["creativity"],
+        seed=None,
+    )
+    outcome = run(double, photo, tmp_path, params=params, options={"input_url": url})
+    (submit,) = double.requests("POST", r"^/v2/images/upscale$")
+    sent = json.loads(submit.body)
+    assert sent == {**EXAMPLE, "clarityUpscaleParams": {**page, "image": url}}
+    assert list(sent["clarityUpscaleParams"]) == list(page)  # in the page's order, too
+    assert submit.headers["x-api-key"] == KEY and submit.headers["content-type"].startswith(
+        PAGE["submit"]["headers"]["Content-Type"]
+    )
+    assert double.requests("POST", r"^/v2/uploads$") == []
+    polls = double.requests("GET", r"^/v2/jobs/")
+    assert {p.path for p in polls} == {PAGE["poll"]["path"].format(id=outcome.remote_id)}
+
+
+def test_every_one_of_the_nine_is_sent_as_the_page_types_it(double, photo, tmp_path):
+    params = UpscaleParams(
+        prompt="crisp",
+        scale_factor=8,
+        creativity=0.5,
+        resemblance=1.25,
+        dynamic=9,
+        num_inference_steps=30,
+        output_format="webp",
+        seed=7,
+    )
+    run(double, photo, tmp_path, params=params)
+    sent = double.jobs[next(iter(double.jobs))].body["clarityUpscaleParams"]
+    assert set(sent) == set(PAGE["params"])
+    assert {k: v for k, v in sent.items() if k != "image"} == {
+        "prompt": "crisp",
+        "scale_factor": "8",
+        "creativity": 0.5,
+        "resemblance": 1.25,
+        "dynamic": 9,
+        "num_inference_steps": 30,
+        "output_format": "webp",
+        "seed": 7,
+    }
+    types = PAGE["param_types"]
+    assert all(
+        isinstance(sent[k], str) == types[k].startswith("string") for k in sent if k != "image"
+    )
+
+
 def test_success_uploads_submits_and_saves_with_metadata(double, photo, tmp_path):
     double.default_scenario = Scenario(queue_s=0.05, run_s=0.3)
     events = []
@@ -175,7 +261,7 @@ def test_success_uploads_submits_and_saves_with_metadata(double, photo, tmp_path
     assert sent["x-api-key"] == KEY and sent["idempotency-key"] == events[1].remote["key"]
     body = double.jobs[outcome.remote_id].body
     assert body["clarityUpscaleParams"]["image"] in double.uploads.values()
-    assert body["clarityUpscaleParams"]["scale_factor"] == 2
+    assert body["clarityUpscaleParams"]["scale_factor"] == "2"
     running = [e.done for e in events if e.state is JobState.running]
     assert running and running == sorted(running) and all(0 <= d <= 100 for d in running)
     assert double.billed() == 3
@@ -184,23 +270,61 @@ def test_success_uploads_submits_and_saves_with_metadata(double, photo, tmp_path
 @pytest.mark.parametrize("shape", ["string", "images", "list"])
 def test_every_documented_result_shape(double, photo, tmp_path, shape):
     double.result_shape = shape
-    assert run(double, photo, tmp_path).output.exists()
+    outcome = run(double, photo, tmp_path)
+    # What survived: the result's own bytes and pixels, from one submit, billed once.
+    result = double.jobs[outcome.remote_id].result  # as the double served it, in its shape
+    url = result if shape == "string" else (result["images"] if shape == "images" else result)[0]
+    served = double.cdn_lookup(url)
+    assert served is not None
+    with Image.open(outcome.output) as kept, Image.open(io.BytesIO(served)) as original:
+        assert np.array_equal(np.asarray(kept), np.asarray(original))
+    assert _idat(outcome.output.read_bytes()) == _idat(served)
+    assert double.count("POST", r"^/v2/images/upscale$") == 1 and double.billed() == 3
+
+
+def _idat(data: bytes) -> bytes:
+    pos, out = 8, b""
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        if data[pos + 4 : pos + 8] == b"IDAT":
+            out += data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    return out
 
 
 def test_parameters_it_cannot_express_are_refused_before_anything_is_sent(double):
     client = httpx.AsyncClient()
     backend = ApiframeBackend(client, double.url, KEY)
     fields = backend.map_params(UpscaleParams(seed=None, scale_factor=4))
-    assert fields["scale_factor"] == 4 and isinstance(fields["scale_factor"], int)
-    assert "seed" not in fields
-    bad = UpscaleParams(scale_factor=3, scheduler="Euler a", tiling_width=96, prompt="x" * 2001)
+    assert fields == {"prompt": UpscaleParams().prompt, "scale_factor": "4", "creativity": 0.35}
+    bad = UpscaleParams(
+        scale_factor=3,
+        scheduler="Euler a",
+        tiling_width=96,
+        prompt="x" * 2001,
+        negative_prompt="blurry",
+        sharpen=2,
+        creativity=0.37,
+        dynamic=6.5,
+        noise_source="cpu",
+    )
     with pytest.raises(JobError) as err:
         backend.map_params(bad)
     asyncio.run(client.aclose())
     assert err.value.kind is ErrorKind.invalid_request
-    refused = {"scale_factor", "scheduler", "tiling_width", "prompt"}
+    refused = {
+        "scale_factor",
+        "scheduler",
+        "tiling_width",
+        "prompt",
+        "negative_prompt",
+        "sharpen",
+        "creativity",
+        "dynamic",
+        "noise_source",
+    }
     assert set(err.value.details["fields"]) == refused
-    assert "1, 2, 4 or 8" in err.value.message
+    assert "1, 2, 4 or 8" in err.value.message and "steps of 0.05" in err.value.message
     assert double.log == []
 
 

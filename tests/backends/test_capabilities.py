@@ -4,10 +4,9 @@
 backend once, so that the window need not import the provider modules; the classes read their
 label, models, URL and key variables from it. Which fields each model takes is stated there
 too, and only the mappings can confirm it: these tests do. The central one probes every leaf
-parameter through every remote backend's own mapping (``map_params``, plus Wireflow's node
-config): a field the table lists must be taken and change the request for some valid value; a
-field it leaves out must be refused or have no effect, so the window never offers a knob that a
-provider drops.
+parameter through every remote backend's own mapping (``map_params``): a field the table lists
+must be taken and change the request for some valid value; a field it leaves out must be
+refused or have no effect, so the window never offers a knob that a provider drops.
 
 What reaches a provider, as modelled here: the mapped fields; the mask, which the remote
 template hands to ``submit`` (Segmind puts it in the body through ``request_body``; Replicate and
@@ -33,7 +32,6 @@ import pytest
 from app.backends import capabilities as caps
 from app.backends import registry
 from app.backends.base import ErrorKind, JobError
-from app.backends.providers.wireflow_graph import fallback_spec, node_config
 from app.backends.remote import RemoteBackend
 from pipeline.errors import ParamsError
 from pipeline.params import Spec, UpscaleParams, emulate_creative_upscaler
@@ -57,7 +55,7 @@ TEXT = {
 
 # Fields a backend neither refuses nor sends: changing them has no effect there. They are
 # hidden like refused ones; listed so that a change in a mapper shows up here.
-_ENGINE_AND_KNOBS = {"mode", "upscaler", "upscaler_channel_order"}
+_ENGINE_AND_KNOBS = {"mode", "upscaler", "upscaler_channel_order", "noise_source"}
 _CREATIVE = {n for n in ALL_FIELDS if n.startswith("creative.")}
 _FLUX = {n for n in ALL_FIELDS if n.startswith("flux.")}
 IGNORED: dict[tuple[str, str], set[str]] = {
@@ -65,10 +63,9 @@ IGNORED: dict[tuple[str, str], set[str]] = {
     ("segmind", "clarity-upscaler"): {"mode"},
     ("segmind", "clarityai-creative-upscaler"): {"mode"},
     ("segmind", "clarityai-flux-upscaler"): {"mode"},
-    ("apiframe", "clarity-upscale"): {*_ENGINE_AND_KNOBS, "downscaling_resolution"},
-    ("wireflow", "process:clarityai_crystal_upscaler"): {
-        *_ENGINE_AND_KNOBS, "downscaling_resolution", "seed"
-    },
+    # Apiframe and Wireflow refuse every setting their pages do not list, engine ones too.
+    ("apiframe", "clarity-upscale"): {"mode"},
+    ("wireflow", "process:clarityai_crystal_upscaler"): {"mode"},
     ("replicate", "philz1337x/clarity-upscaler"): {"mode"},
     ("cog", "philz1337x/clarity-upscaler"): {"mode"},
     # multistep_factor: refused above ×2, where fal would need it; at ×2 there is one pass.
@@ -139,8 +136,6 @@ def sent(backend: RemoteBackend, params: UpscaleParams) -> dict[str, Any]:
     """What the provider receives for ``params`` (and the format the result is saved in);
     raises the mapper's JobError when it refuses."""
     fields = backend.map_params(params)
-    if backend.name == "wireflow":  # settled against the node at submit; the fallback node here
-        fields = node_config(fallback_spec(), fields, UpscaleParams(), backend.label)
     if backend.name == "segmind":
         fields = backend.request_body(fields, "IMAGE", params.mask)  # type: ignore[attr-defined]
     elif backend.name in MASK_SENT and params.mask:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from app.backends.base import ErrorKind, JobError, JobState, Request
 from app.backends.remote import PollCadence, RequestBudget
@@ -84,7 +87,94 @@ def test_polls_ride_out_5xx_bursts_and_429_storms(double, photo, tmp_path):
         response=Resp.json(429, {"error": "slow down"}, {"Retry-After": "0.05"}),
     )
     double.inject("GET", r"^/jobs/", "respond", times=1, response=Resp.html(502, "Bad Gateway"))
-    assert run(double, photo, tmp_path).output.exists()
+    outcome = run(double, photo, tmp_path)
+    # What survived: the provider's result, pixel for pixel and byte for byte, from one submit.
+    served = served_result(double)
+    assert np.array_equal(pixels(outcome.output), pixels(served))
+    assert idat(outcome.output.read_bytes()) == idat(served)
+    assert double.count("POST", r"^/jobs$") == 1 and len(double.jobs) == 1
+    statuses = [s.status for s in double.requests("GET", r"^/jobs/")]
+    assert statuses[:6] == [503, 503, 503, 429, 429, 502] and statuses[-1] == 200
+
+
+def served_result(double) -> bytes:
+    (job,) = double.jobs.values()
+    data = double.cdn_lookup(job["output"])
+    assert data is not None
+    return data
+
+
+def pixels(source) -> np.ndarray:
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def idat(data: bytes) -> bytes:
+    pos, out = 8, b""
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        if data[pos + 4 : pos + 8] == b"IDAT":
+            out += data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    return out
+
+
+def _jpeg(size=(24, 20)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (30, 160, 90)).save(buffer, "JPEG", quality=70)
+    return buffer.getvalue()
+
+
+def test_a_result_in_the_asked_format_is_kept_as_received(double, photo, tmp_path):
+    double.scenarios.append(Scenario(output=_jpeg()))
+
+    async def go():
+        async with httpx.AsyncClient() as client:
+            backend = ToyBackend(client, double.url, "secret", retry_base=0.01)
+            params = UpscaleParams(output_format="jpg")
+            request = Request("j1", photo, tmp_path / "out.png", params)
+            return await backend.run(request, lambda e: None)
+
+    outcome = asyncio.run(go())
+    assert outcome.output == tmp_path / "out.jpg"
+    kept, served = outcome.output.read_bytes(), served_result(double)
+    # The JPEG's image data is the provider's, byte for byte: no second lossy encode.
+    assert kept[kept.index(b"\xff\xda") :] == served[served.index(b"\xff\xda") :]
+    info = read_run_info(outcome.output)
+    assert info is not None and info.output_size == (24, 20) and info.source_size == (12, 10)
+
+
+def test_a_result_in_another_format_is_converted(double, photo, tmp_path):
+    double.scenarios.append(Scenario(output=_jpeg()))
+    outcome = run(double, photo, tmp_path)  # PNG asked for
+    assert outcome.output.suffix == ".png" and outcome.output.read_bytes().startswith(b"\x89PNG")
+    assert np.array_equal(pixels(outcome.output), pixels(served_result(double)))
+    assert read_run_info(outcome.output).output_size == (24, 20)
+
+
+def test_the_persons_output_cap_is_refused_before_submit(double, photo, tmp_path):
+    async def go():
+        async with httpx.AsyncClient() as client:
+            backend = ToyBackend(client, double.url, "secret", retry_base=0.01)
+            params = UpscaleParams(scale_factor=8)  # 12×10 → 96×80
+            options = {"max_output_pixels": 2000}
+            request = Request("j1", photo, tmp_path / "out.png", params, options=options)
+            return await backend.run(request, lambda e: None)
+
+    with pytest.raises(JobError) as err:
+        asyncio.run(go())
+
+    # Clarity's own size rule (each ×2 pass floors to a multiple of 8) decides what fits.
+    def area(scale: float) -> int:
+        w, h = UpscaleParams(scale_factor=scale, mode="creative").output_size(12, 10)
+        return w * h
+
+    fits = max(k / 2 for k in range(2, 17) if area(k / 2) <= 2000)
+    assert (
+        err.value.kind is ErrorKind.invalid_request and err.value.details["largest_scale"] == fits
+    )
+    assert "Your output cap" in err.value.message and f"×{fits:g} (" in err.value.message
+    assert area(8) > 2000 and double.log == []
 
 
 def test_expired_record_is_lost(double, photo, tmp_path):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import random
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -228,7 +230,18 @@ def test_polls_ride_out_5xx_bursts_and_html_pages(double, photo, tmp_path):
     poll = r"^/v1/predictions/\w+$"
     double.inject("GET", poll, "respond", times=3, response=Resp.json(503, {"detail": "busy"}))
     double.inject("GET", poll, "respond", response=Resp.html(502, "Bad Gateway"))
-    assert run(double, photo, tmp_path).output.exists()
+    outcome = run(double, photo, tmp_path)
+    # What survived: the prediction's own pixels (24×20: the input ×2), from one create.
+    [prediction] = double.predictions.values()
+    assert prediction.output is not None
+    served = double.cdn_lookup(prediction.output[0])
+    assert served is not None
+    with Image.open(outcome.output) as kept, Image.open(io.BytesIO(served)) as original:
+        assert kept.size == (24, 20)
+        assert np.array_equal(np.asarray(kept.convert("RGB")), np.asarray(original.convert("RGB")))
+    assert double.count("POST", CREATE) == 1 and outcome.remote_id == prediction.id
+    statuses = [s.status for s in double.requests("GET", poll)]
+    assert statuses[:4] == [503, 503, 503, 502] and statuses[-1] == 200
 
 
 def test_non_json_and_unknown_status_are_protocol_errors(double, photo, tmp_path):

@@ -123,7 +123,7 @@ def test_creative_and_flux_upscalers_send_their_own_knobs(double, photo, tmp_pat
         "dynamic": 0,
         "fractality": 5,
         "style": "anime",
-        "prompt": "masterpiece, best quality, highres",  # A1111 <lora:…> tags removed
+        "prompt": "Maximize detail with vibrant color enhancement.",  # the page's own default
     }
     assert read_run_info(outcome.output).params.seed is None  # the model takes no seed
     params = UpscaleParams().replace(
@@ -159,6 +159,7 @@ def test_clarity_fields_cover_the_open_model():
         ("clarity-upscaler", {"pattern": True}, "pattern"),
         ("clarity-upscaler", {"multistep_factor": 0.5}, "multistep_factor"),
         ("clarity-upscaler", {"upscaler": "4x-UltraSharp"}, "upscaler"),
+        ("clarity-upscaler", {"noise_source": "cpu"}, "noise_source"),
         ("clarity-upscaler", {"lora_links": "/home/me/lora.safetensors"}, "lora_links"),
         ("clarityai-creative-upscaler", {"scale_factor": 2.5}, "scale_factor"),
         ("clarityai-flux-upscaler", {"scale_factor": 1}, "scale_factor"),

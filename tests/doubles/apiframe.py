@@ -1,29 +1,33 @@
-"""A loopback double of Apiframe v2 for ``clarity-upscale`` (reference §2, §8.2).
+"""A loopback double of Apiframe v2 for ``clarity-upscale``, as its page documents it (seed 003).
 
-Emulated:
+From the page, and strict about it:
 
-* ``X-API-Key`` auth: missing → 401 "API key is required", unknown → 401 "Invalid API key",
-  inactive → 403 "API key is inactive"; every answer carries ``x-request-id``;
-* ``POST /v2/images/upscale`` validated strictly like the OpenAPI's Zod schema
-  (``additionalProperties: false`` at both levels, ``scale_factor`` a *number* in {1,2,4,8},
-  the ranges of §2.2) → 400 ``{error, details: {path: [msgs]}}``; the image is "probed" (a dead
-  or non-http URL → 400, nothing charged); low balance → 402 ``{creditsRequired,
-  creditsAvailable}``; success → 202 ``{jobId, status: "QUEUED"}``, 3 credits deducted;
-* ``Idempotency-Key``: same key + same body within 24 h → the original job and its current
-  status; a different body → 409; a key over 255 characters → 400 [GUESS];
-* ``GET /v2/jobs/{id}``: non-UUID → 400, unknown or someone else's → 404; the ``Job`` object
-  with ``progress`` ticking 0→100 while PROCESSING; COMPLETED with ``result`` in a configurable
-  shape (``string``, ``images``, ``list``); FAILED with ``error`` and ``creditCost: 0`` (the
-  credits refunded); CANCELLED (:meth:`cancel_job`); ``expired: true`` and a dead CDN link once
-  ``retention`` (24 h; set 90 days for the other document) has passed since completion;
-* ``GET /v2/jobs`` with ``status``, ``model``, ``search``, ``limit``, ``cursor``;
-* ``POST /v2/uploads``: multipart ``file``, at most 25 MB, magic bytes sniffed (the declared
-  type is ignored) → 201 ``{id, url, kind, contentType, byteSize, expiresAt}``; the URL dies
-  after ``upload_ttl`` (1 h);
-* 429 ``{error}`` + ``Retry-After`` from an optional per-key window, and 503 ``outage`` mode.
+* ``POST /v2/images/upscale``: the top level holds ``model`` (``"clarity-upscale"``),
+  ``clarityUpscaleParams`` and, as the FAQ says, "the common ``prompt`` and ``webhook_url``
+  fields"; nothing else. ``clarityUpscaleParams`` holds the nine parameters of the input schema
+  and nothing else, typed as the page types them: ``image`` a URL, ``prompt`` a string,
+  ``scale_factor`` a *string* "1", "2", "4" or "8" (a number is refused), ``creativity`` 0–1 and
+  ``resemblance`` 0–3 in steps of 0.05, ``dynamic`` 1–50 and ``num_inference_steps`` 1–100 in
+  steps of 1, ``output_format`` png/jpg/webp, ``seed`` a whole number. A violation → 400
+  ``{error, details: {path: [msgs]}}`` (Zod's wording, as the notes show it); success → 202
+  ``{jobId, status: "QUEUED"}``;
+* ``GET /v2/jobs/{id}``: ``status`` QUEUED → PROCESSING → COMPLETED | FAILED, and ``result``,
+  "the output URL(s)", once COMPLETED (``result_shape``: a string, ``{images: [...]}`` or a list).
 
-Left out: webhook delivery (``webhookUrl``/``webhookEvents`` are validated and accepted, but no
-event is posted and ``webhookStatus`` stays null): Clarifier polls, having no public URL.
+From the provider notes, where the page is silent (reference §2, §8.2): ``X-API-Key`` auth
+(missing → 401 "API key is required", unknown → 401 "Invalid API key", inactive → 403 "API key
+is inactive"); ``x-request-id`` on every answer; the image "probed" (a dead or non-http URL →
+400, nothing charged); low balance → 402 ``{creditsRequired, creditsAvailable}``; 3 credits per
+job; ``Idempotency-Key`` (same key + body within 24 h → the original job; another body → 409; a
+key over 255 characters → 400 [GUESS]); the job's ``progress``, ``creditCost`` (0 once refunded
+on FAILED), CANCELLED (:meth:`cancel_job`), ``expired: true`` and a dead CDN link after
+``retention`` (24 h); ``GET /v2/jobs`` with ``status``, ``model``, ``search``, ``limit``,
+``cursor``; ``POST /v2/uploads`` (multipart ``file``, ≤ 25 MB, magic bytes sniffed → 201
+``{id, url, kind, contentType, byteSize, expiresAt}``, dead after ``upload_ttl``); 429 with
+``Retry-After`` from an optional per-key window; a 503 ``outage`` mode.
+
+Left out: webhook delivery (``webhook_url`` is validated and accepted, but no event is posted
+and ``webhookStatus`` stays null): Clarifier polls, having no public URL.
 """
 
 from __future__ import annotations
@@ -51,16 +55,16 @@ __all__ = ["MODEL", "Account", "ApiframeDouble", "validate_upscale"]
 MODEL = "clarity-upscale"
 PRICE = 3  # "3 credits per generation, regardless of scale factor"
 REPLAY_WINDOW = 24 * 3600.0
-_TOP = {"model", "clarityUpscaleParams", "webhookUrl", "webhookEvents"}
-_NUMBERS = {  # field: (minimum, maximum, integer)
-    "creativity": (0, 1, False),
-    "resemblance": (0, 3, False),
-    "dynamic": (1, 50, False),
-    "num_inference_steps": (1, 100, True),
-    "sharpen": (0, 10, False),
-    "seed": (None, None, True),
+_TOP = {"model", "clarityUpscaleParams", "prompt", "webhook_url"}
+_NUMBERS = {  # field: (minimum, maximum, step), from the page's input schema
+    "creativity": (0, 1, 0.05),
+    "resemblance": (0, 3, 0.05),
+    "dynamic": (1, 50, 1),
+    "num_inference_steps": (1, 100, 1),
+    "seed": (None, None, 1),
 }
-_PARAMS = {"image", "prompt", "negative_prompt", "scale_factor", "output_format", *_NUMBERS}
+_PARAMS = {"image", "prompt", "scale_factor", "output_format", *_NUMBERS}
+SCALES = ("1", "2", "4", "8")
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
     (b"\xff\xd8\xff", "image/jpeg"),
@@ -106,16 +110,10 @@ def validate_upscale(body: Any) -> dict[str, list[str]]:
         add("(root)", "Unrecognized key(s) in object: " + ", ".join(f"'{k}'" for k in extra))
     if body.get("model") != MODEL:
         add("model", f'Invalid literal value, expected "{MODEL}"')
-    if "webhookUrl" in body and not _is_url(body["webhookUrl"]):
-        add("webhookUrl", "Invalid url")
-    if "webhookEvents" in body:
-        events = body["webhookEvents"]
-        if not isinstance(events, list) or not events:
-            add("webhookEvents", "Array must contain at least 1 element(s)")
-        else:
-            for i, event in enumerate(events):
-                if event not in ("progress", "completed", "failed"):
-                    add(f"webhookEvents.{i}", "Invalid enum value")
+    if "webhook_url" in body and not _is_url(body["webhook_url"]):
+        add("webhook_url", "Invalid url")
+    if "prompt" in body and not isinstance(body["prompt"], str):
+        add("prompt", f"Expected string, received {_type_name(body['prompt'])}")
     params = body.get("clarityUpscaleParams")
     if not isinstance(params, dict):
         add("clarityUpscaleParams", "Required" if params is None else "Expected object")
@@ -128,37 +126,39 @@ def validate_upscale(body: Any) -> dict[str, list[str]]:
         )
     p = "clarityUpscaleParams."
     if "image" not in params:
-        add(p + "image", "Required")
+        pass  # optional on the page; the probe below finds nothing to upscale
     elif not isinstance(params["image"], str):
         add(p + "image", f"Expected string, received {_type_name(params['image'])}")
     elif not _is_url(params["image"]):
         add(p + "image", "Invalid url")
-    for name in ("prompt", "negative_prompt"):
-        if name in params:
-            if not isinstance(params[name], str):
-                add(p + name, f"Expected string, received {_type_name(params[name])}")
-            elif len(params[name]) > 2000:
-                add(p + name, "String must contain at most 2000 character(s)")
+    if "prompt" in params:
+        if not isinstance(params["prompt"], str):
+            add(p + "prompt", f"Expected string, received {_type_name(params['prompt'])}")
+        elif len(params["prompt"]) > 2000:
+            add(p + "prompt", "String must contain at most 2000 character(s)")
     if "scale_factor" in params:
         value = params["scale_factor"]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            add(p + "scale_factor", f"Expected number, received {_type_name(value)}")
-        elif value not in (1, 2, 4, 8):
-            add(p + "scale_factor", "Invalid input: expected 1, 2, 4 or 8")
+        if not isinstance(value, str):
+            add(p + "scale_factor", f"Expected string, received {_type_name(value)}")
+        elif value not in SCALES:
+            add(
+                p + "scale_factor",
+                f"Invalid enum value. Expected '1' | '2' | '4' | '8', received '{value}'",
+            )
     if "output_format" in params and params["output_format"] not in ("png", "jpg", "webp"):
         add(
             p + "output_format",
             "Invalid enum value. Expected 'png' | 'jpg' | 'webp', received "
             f"'{params['output_format']}'",
         )
-    for name, (low, high, integer) in _NUMBERS.items():
+    for name, (low, high, step) in _NUMBERS.items():
         if name not in params:
             continue
         value = params[name]
         if isinstance(value, bool) or not isinstance(value, int | float):
             add(p + name, f"Expected number, received {_type_name(value)}")
-        elif integer and not float(value).is_integer():
-            add(p + name, "Expected integer, received float")
+        elif not math.isclose(value / step, round(value / step), abs_tol=1e-9):
+            add(p + name, f"Number must be a multiple of {step}")
         elif low is not None and value < low:
             add(p + name, f"Number must be greater than or equal to {low}")
         elif high is not None and value > high:
@@ -306,7 +306,7 @@ class ApiframeDouble(LoopbackDouble):
             details = validate_upscale(body)
             if details:
                 return Resp.json(400, {"error": "Validation failed", "details": details})
-            why = self._probe(body["clarityUpscaleParams"]["image"])
+            why = self._probe(str(body["clarityUpscaleParams"].get("image", "")))
             if why:
                 return Resp.json(400, {"error": why})
             if account.credits < PRICE:

@@ -1,23 +1,32 @@
 """Apiframe (v2): the open Clarity upscaler as ``clarity-upscale``, one flat-priced job per image.
 
-The protocol (reference §2):
+Its page (seed 003) is the specification of what is sent and read:
 
-* ``X-API-Key`` on every call; local files go first through ``POST /v2/uploads`` (multipart
-  ``file``, at most 25 MB, kept 1–2 h) and the returned URL is the image;
-* ``POST /v2/images/upscale`` with a strict schema (``additionalProperties: false`` at both
-  levels) answers ``202 {jobId, status}`` and deducts the credits at once;
-* ``Idempotency-Key``: the same key and body within 24 h returns the original job, a different
-  body is a 409. The ticket's key is sent as that header, so a submit that got no answer is
-  simply sent again (``idempotent_submit``) and can never make a second billed job;
-* ``GET /v2/jobs/{id}``: ``QUEUED → PROCESSING (progress 0–100) → COMPLETED | FAILED |
-  CANCELLED``; ``result`` comes as a string URL, ``{images: [...]}`` or a list (the documents
-  disagree); ``expired: true`` once the CDN copy is purged (24 h by the OpenAPI). A failed job
-  is refunded (``creditCost: 0``);
-* there is no cancel endpoint: cancelling stops watching, the job may still run and bill.
+* ``POST /v2/images/upscale`` with ``{"model": "clarity-upscale", "clarityUpscaleParams":
+  {...}}`` and ``X-API-Key``; the nine ``clarityUpscaleParams`` are ``image`` (a URL),
+  ``prompt``, ``scale_factor`` (a *string*: "1", "2", "4" or "8"), ``creativity`` (0–1, steps
+  of 0.05), ``resemblance`` (0–3, steps of 0.05), ``dynamic`` (1–50, steps of 1),
+  ``num_inference_steps`` (1–100), ``output_format`` (png, jpg, webp) and ``seed``. Nothing else
+  is sent; any other setting, or a value off those steps, is refused before sending, naming it.
+  The quick start's fields (image, prompt, scale, creativity) are always sent, the others when
+  they differ from the page's defaults (resemblance 0.6, dynamic 6, 18 steps, png, no seed), so
+  the page's own example settings send the page's example body;
+* the answer is ``202 {jobId, status}``; ``GET /v2/jobs/{id}`` until ``status`` is COMPLETED (or
+  FAILED), when ``result`` holds the output URL(s).
+
+From the provider notes, where the page is silent (reference §2): local files go first through
+``POST /v2/uploads`` (multipart ``file``, at most 25 MB, kept 1–2 h) and the returned URL is the
+image; ``Idempotency-Key`` (the page: "idempotency ... across every Apiframe model"): the same
+key and body within 24 h returns the original job, a different body is a 409, so a submit that
+got no answer is simply sent again and can never make a second billed job; the job's states
+``QUEUED → PROCESSING (progress 0–100) → COMPLETED | FAILED | CANCELLED``; ``result`` as a
+string, ``{images: [...]}`` or a list; ``expired: true`` once purged (24 h); a failed job is
+refunded (``creditCost: 0``); there is no cancel endpoint: cancelling stops watching.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -36,6 +45,7 @@ from app.backends.remote import (
     field_errors,
     message_of,
 )
+from app.backends.remote.fields import refusal, untaken
 from pipeline.params import UpscaleParams
 
 __all__ = ["ApiframeBackend"]
@@ -46,25 +56,21 @@ PROMPT_LIMIT = 2000
 UPLOAD_LIMIT = 25 * 1024 * 1024
 REPLAY_WINDOW = 24 * 3600.0  # how long Apiframe remembers an Idempotency-Key
 
-# Canonical fields the clarity-upscale schema has no place for: any value but the default is
-# refused rather than silently dropped. (mode, upscaler and upscaler_channel_order choose
-# Clarifier's local engine and mean nothing to a hosted Clarity; creative.* and flux.* belong
-# to other models.)
-_UNSUPPORTED = (
-    "sd_model",
-    "scheduler",
-    "tiling_width",
-    "tiling_height",
-    "lora_links",
-    "custom_sd_model",
-    "mask",
-    "handfix",
-    "downscaling",
-    "pattern",
-    "multistep_factor",
-    "creative",  # the closed ClarityAI models' knobs
-    "flux",
-)
+# The page's clarityUpscaleParams besides the image, with their steps and, for those the quick
+# start leaves out, their documented defaults.
+_TAKEN = frozenset(
+    {
+        "prompt", "scale_factor", "creativity", "resemblance", "dynamic",
+        "num_inference_steps", "output_format", "seed",
+    }
+)  # fmt: skip
+_STEPS = {"creativity": 0.05, "resemblance": 0.05, "dynamic": 1.0}
+_PAGE_DEFAULTS: dict[str, Any] = {
+    "resemblance": 0.6,
+    "dynamic": 6,
+    "num_inference_steps": 18,
+    "output_format": "png",
+}
 _STATES = {
     "QUEUED": JobState.queued,
     "PROCESSING": JobState.running,
@@ -90,39 +96,34 @@ class ApiframeBackend(RemoteBackend, backend="apiframe"):
 
     # --- parameters -------------------------------------------------------------------------
     def map_params(self, params: UpscaleParams) -> dict[str, Any]:
-        """``clarityUpscaleParams`` without the image; refuses what the schema cannot carry."""
-        problems: dict[str, list[str]] = {}
-        defaults = UpscaleParams()
-        for name in _UNSUPPORTED:
-            value = getattr(params, name)
-            if value != getattr(defaults, name):
-                problems[name] = [f"{MODEL} has no {name} setting (got {value!r})"]
+        """``clarityUpscaleParams`` without the image, as the page types them; refuses every
+        other setting and every value off the page's steps."""
+        where = f"{self.label}'s {MODEL}"
+        problems = untaken(params, _TAKEN, where, seed=True)
         if params.scale_factor not in SCALES:
             problems["scale_factor"] = [
-                f"{MODEL} scales by 1, 2, 4 or 8 only (got {params.scale_factor:g})"
+                f"{where} scales by 1, 2, 4 or 8 only (got {params.scale_factor:g})"
             ]
-        for name in ("prompt", "negative_prompt"):
-            if len(getattr(params, name)) > PROMPT_LIMIT:
-                problems[name] = [f"at most {PROMPT_LIMIT} characters on {self.label}"]
+        for name, step in _STEPS.items():
+            value = getattr(params, name)
+            if not math.isclose(value / step, round(value / step), abs_tol=1e-6):
+                problems[name] = [f"{where} takes {name} in steps of {step:g} (got {value:g})"]
+        if len(params.prompt) > PROMPT_LIMIT:
+            problems["prompt"] = [f"at most {PROMPT_LIMIT} characters on {self.label}"]
         if problems:
-            listed = "; ".join(f"{k}: {v[0]}" for k, v in problems.items())
-            raise JobError(
-                ErrorKind.invalid_request,
-                f"{self.label} cannot run these settings ({listed}). Change them, or run the "
-                "job on another backend.",
-                details={"fields": problems},
-            )
-        fields: dict[str, Any] = {
-            "prompt": params.prompt,
-            "negative_prompt": params.negative_prompt,
-            "scale_factor": int(params.scale_factor),  # a number: the string "2" is refused
-            "creativity": params.creativity,
-            "resemblance": params.resemblance,
-            "dynamic": params.dynamic,
+            raise refusal(self.label, problems)
+        fields: dict[str, Any] = {}
+        if params.prompt:
+            fields["prompt"] = params.prompt
+        fields["scale_factor"] = str(int(params.scale_factor))  # the page's type: a string
+        fields["creativity"] = round(params.creativity, 2)
+        optional = {
+            "resemblance": round(params.resemblance, 2),
+            "dynamic": round(params.dynamic),  # steps of 1: a whole number
             "num_inference_steps": params.num_inference_steps,
-            "sharpen": params.sharpen,
             "output_format": params.output_format,
         }
+        fields.update({k: v for k, v in optional.items() if v != _PAGE_DEFAULTS[k]})
         if params.seed is not None:  # no seed: Apiframe picks one
             fields["seed"] = params.seed
         return fields

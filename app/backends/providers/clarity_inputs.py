@@ -39,6 +39,7 @@ _DEFAULTS = UpscaleParams()
 _LOCAL_ONLY = {
     "upscaler": "a choice of pre-upscaler (Clarity always uses 4x-UltraSharp)",
     "upscaler_channel_order": "the local pre-upscaler's channel order",
+    "noise_source": "the local engine's noise source (Clarity draws its noise on the GPU)",
     "creative": "the ClarityAI creative upscaler's knobs (Segmind hosts that model)",
     "flux": "the ClarityAI flux upscaler's knobs (Segmind hosts that model)",
 }

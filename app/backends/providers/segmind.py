@@ -11,11 +11,16 @@ that got no answer is never re-sent. It bills only HTTP 200, so a 500/503 answer
 nothing and may be retried; a 502/504 from the gateway is treated as "no answer" because the
 gateway may have handed the job on before giving up.
 
-The v1 sync mode (``sync=True`` or ``request.options["segmind_sync"]``) is one blocking
-``POST /v1/{slug}`` that answers with the image bytes and the billing in headers. A dropped sync
-connection is a submit with no answer: the job ran and was billed if it got that far. It lives in
-:mod:`app.backends.providers.segmind_sync`; the per-model parameter mapping in
-:mod:`app.backends.providers.segmind_params`.
+The v1 sync mode is one blocking ``POST /v1/{slug}`` (each page's "API Endpoint") that answers
+with the image bytes ("Returns: Image") and the billing in headers. It is chosen per job with
+the registry's ``sync`` option, ``request.options["segmind.sync"]`` (``"true"``, ``"false"`` or
+``"auto"``; the old ``segmind_sync`` key is read too), or for every job with the constructor's
+``sync``. ``auto`` follows the pages' advice, "Sync is simplest for fast image … calls", async for
+"long-running (>~60s)" ones: sync for the models whose page gives a typical time under a minute
+(clarity-upscaler's ~18 s), async for the others. A dropped sync connection is a submit with no
+answer: the job ran and was billed if it got that far. It lives in
+:mod:`app.backends.providers.segmind_sync`; the per-model parameter mapping (with each page's
+defaults) in :mod:`app.backends.providers.segmind_params`.
 """
 
 from __future__ import annotations
@@ -84,8 +89,10 @@ class SegmindBackend(RemoteBackend, backend="segmind"):
     retention: ClassVar[float] = 3600.0
 
     def __init__(
-        self, *args: Any, sync: bool = False, sync_timeout: float = 900.0, **kwargs: Any
+        self, *args: Any, sync: bool | str = False, sync_timeout: float = 900.0, **kwargs: Any
     ) -> None:
+        """``sync``: run every job with the v1 sync call (True), never (False, the default),
+        or as each model's page advises (``"auto"``); a job's ``segmind.sync`` option wins."""
         super().__init__(*args, **kwargs)
         # The SDK's base URL ends in /v1; the backend adds /v1 or /v2 itself.
         self.base_url = re.sub(r"/v[12]$", "", self.base_url)
@@ -295,9 +302,23 @@ class SegmindBackend(RemoteBackend, backend="segmind"):
         )
 
     # --- running: v2 through the template, v1 sync in segmind_sync --------------------------
+    def uses_sync(self, options: Mapping[str, Any]) -> bool:
+        """Whether a job with these ``Request.options`` runs with the v1 sync call."""
+        choice: Any = self.sync
+        for key in ("segmind.sync", "segmind_sync"):
+            if key in options:
+                choice = options[key]
+                break
+        if isinstance(choice, str):
+            choice = choice.strip().lower()
+            if choice == "auto":
+                return segmind_params.sync_suits(self.model)
+            return choice in ("true", "1", "yes", "on")
+        return bool(choice)
+
     async def run(self, request: Request, report: Report) -> Outcome:
         request = replace(request, params=self.effective_params(request.params))
-        if request.resume is None and (self.sync or request.options.get("segmind_sync")):
+        if request.resume is None and self.uses_sync(request.options):
             return await segmind_sync.run_sync(self, request, report)
         return await super().run(request, report)  # a sync checkpoint resumes here too
 

@@ -5,7 +5,13 @@ Clarifier's own names, the ClarityAI creative and flux upscalers a smaller set o
 
 * :func:`map_params`: THE mapping from :class:`UpscaleParams` to one model's request fields,
   refusing what that model cannot express; :func:`effective_params`, the parameters as Segmind
-  actually runs them (for the output's metadata);
+  actually runs them (for the output's metadata). Each model's defaults are its own page's
+  (seeds 000–002): a prompt left at Clarifier's default (the open model's page default, with
+  its LoRA tags) goes to the creative and flux models as *their* pages' default prompts; the
+  ``creative.*`` and ``flux.*`` knobs default to their pages' values already. The scale factor
+  stays the person's choice (those pages default to ×4, Clarifier to ×2);
+* :func:`sync_suits`: whether the page advises the v1 sync call for a model ("Sync is simplest
+  for fast image … calls", async "for … long-running (>~60s)" ones, by each page's typical time);
 * :func:`number` and :func:`find_output`: read a billing number and the output image out of an
   answer, whichever of the v2 (JSON body) or v1 sync (headers) shapes it came in.
 
@@ -28,12 +34,15 @@ from pipeline.params import UpscaleParams
 __all__ = [
     "CLARITY",
     "CREATIVE",
+    "DEFAULT_PROMPTS",
     "FLUX",
+    "TYPICAL_SECONDS",
     "effective_params",
     "find_output",
     "is_url",
     "map_params",
     "number",
+    "sync_suits",
 ]
 
 CLARITY, CREATIVE, FLUX = (
@@ -42,6 +51,16 @@ CLARITY, CREATIVE, FLUX = (
     "clarityai-flux-upscaler",
 )
 _DEFAULTS = UpscaleParams()
+# Each page's default prompt (seed 002's is Clarifier's own default).
+DEFAULT_PROMPTS = {
+    CLARITY: _DEFAULTS.prompt,
+    CREATIVE: "Maximize detail with vibrant color enhancement.",
+    FLUX: "A serene landscape with mountains and a clear sky.",
+}
+# Each page's typical run time ("~18.25s", "~139.80s", "~343.97s") and its advice: async for
+# "long-running (>~60s)" jobs, sync for fast ones.
+TYPICAL_SECONDS = {CLARITY: 18.25, CREATIVE: 139.80, FLUX: 343.97}
+_SYNC_UNDER = 60.0
 # Clarifier's own switches: Segmind's models run Clarity's built-in behaviour for them. At their
 # defaults nothing is lost by leaving them out; a changed value would be silently ignored there.
 _LOCAL_ONLY = {
@@ -49,6 +68,7 @@ _LOCAL_ONLY = {
     "multistep_factor": "Clarity's hidden multi-pass creativity factor",
     "upscaler": "the choice of pre-upscaler (Segmind uses its own)",
     "upscaler_channel_order": "the local pre-upscaler's channel order",
+    "noise_source": "the local engine's noise source",
 }
 # Features of the open Clarity model that the ClarityAI creative and flux models do not have.
 _CLARITY_ONLY = {
@@ -97,7 +117,14 @@ def effective_params(model: str, params: UpscaleParams) -> UpscaleParams:
         changes["mode"] = "creative"
     if model != CLARITY and params.seed is not None:
         changes["seed"] = None
+    if model != CLARITY and params.prompt == _DEFAULTS.prompt:
+        changes["prompt"] = DEFAULT_PROMPTS[model]  # the model's own default runs
     return params.replace(**changes) if changes else params
+
+
+def sync_suits(model: str) -> bool:
+    """Whether ``model``'s page gives it a typical time short enough for the v1 sync call."""
+    return TYPICAL_SECONDS.get(model, float("inf")) < _SYNC_UNDER
 
 
 def map_params(model: str, params: UpscaleParams) -> dict[str, Any]:
@@ -171,8 +198,12 @@ def _clarityai_fields(model: str, p: UpscaleParams, refuse: _Refuse) -> dict[str
             if not is_url(p.flux.lora_link):
                 refuse("flux.lora_link", "Segmind can only fetch a LoRA from a URL")
             fields["lora_link"] = p.flux.lora_link
-    # <lora:…> tags are A1111 syntax for the open model; to these models they are noise.
-    prompt = re.sub(r"\s+", " ", _EXTRA_NETWORK.sub("", p.prompt)).strip(" ,")
+    # Clarifier's default is the open model's page default; these models have their own. Any
+    # other prompt loses its <lora:…> tags: A1111 syntax for the open model, noise to these.
+    if p.prompt == _DEFAULTS.prompt:
+        prompt = DEFAULT_PROMPTS[model]
+    else:
+        prompt = re.sub(r"\s+", " ", _EXTRA_NETWORK.sub("", p.prompt)).strip(" ,")
     if prompt:
         fields["prompt"] = prompt
     return fields

@@ -1,18 +1,20 @@
 """Segmind's v1 sync mode: one blocking ``POST /v1/{slug}`` whose answer is the image itself.
 
 :class:`~app.backends.providers.segmind.SegmindBackend` runs short jobs this way when asked
-(``sync=True`` or ``request.options["segmind_sync"]``); its ``run`` delegates to
-:func:`run_sync`. The answer carries the image bytes as its body and the billing in headers
-(``x-cost``, ``x-remaining-credits``, ``x-request-id``, ``x-generation-time``,
-``x-seed-value``); :func:`read_answer` reads them into the job's ticket. The bytes are stashed
-at once (they are paid for) and the ticket's output is a :data:`SYNC_MARK` reference to them.
+(its ``sync``, or a job's ``segmind.sync`` option; ``auto`` as the model's page advises); its
+``run`` delegates to :func:`run_sync`. The answer carries the image bytes as its body and
+the billing in headers (``x-cost``, ``x-remaining-credits``, ``x-request-id``,
+``x-generation-time``, ``x-seed-value``); :func:`read_answer` reads them into the job's ticket.
+The bytes are stashed at once (they are paid for) and the ticket's output is a
+:data:`SYNC_MARK` reference to them.
 
 A dropped sync connection is a submit with no answer: the job ran and was billed if it got that
 far, so it is never re-sent. A sync job's checkpoint resumes through the v2 template.
 
 Kept apart from :mod:`app.backends.providers.segmind` because it bypasses the submit-and-poll
 template that module fills in: it is a second, self-contained way of running a job, built from
-the template's public hooks (``input_refs``, ``submit_unknown``, ``finish``, ``canceled``) and
+the template's public hooks (``check_output_size``, ``input_refs``, ``submit_unknown``,
+``finish``, ``canceled``) and
 the backend's own (``request_body``, ``run_failure``), so it keeps the template's guarantees.
 """
 
@@ -43,6 +45,7 @@ async def run_sync(backend: SegmindBackend, request: Request, report: Report) ->
     """One blocking ``POST /v1/{slug}``: the answer is the image, billing in headers."""
     backend.check_ready()
     fields = backend.map_params(request.params)
+    await backend.check_output_size(request)
     started = time.monotonic()
     timings: dict[str, float] = {}
     ticket: Ticket | None = None

@@ -12,6 +12,8 @@ face, each concern has its own module:
 - :mod:`~app.backends.remote.retry`: what is transient and how long to wait, shared with model
   downloads (:mod:`app.models.transfer`);
 - :mod:`~app.backends.remote.errors`: reading error answers of any shape;
+- :mod:`~app.backends.remote.fields`: refusing, by name, the settings a provider's page does not
+  list;
 - :mod:`~app.backends.remote.io`: the input as sent, and the result as kept and saved;
 - :mod:`~app.backends.remote.webhooks`: a loopback listener for webhooks (Cog's).
 """

@@ -55,6 +55,10 @@ class ProviderHttp:
         """The provider's authentication headers (a provider module overrides this)."""
         return {}
 
+    def observe(self, response: httpx.Response, *, during: str) -> None:
+        """Called with every answer the provider gives, before it is handled (rate-limit
+        headers, request ids); a provider module overrides this."""
+
     def classify(self, response: httpx.Response, *, during: str) -> JobError:
         """Turn an error response into a JobError; ``during`` is submit, poll, result, upload,
         cancel or download. Providers refine the general rules."""
@@ -204,6 +208,7 @@ class ProviderHttp:
                     ) from None
                 await self._backoff(failures)
                 continue
+            self.observe(response, during=during)
             code = response.status_code
             if code < 400 or code in ok:
                 if response.headers.get("x-ratelimit-remaining", "").strip() == "0":

@@ -5,8 +5,11 @@ upright, sRGB); anything else (16-bit, TIFF, HEIF, a rotated phone photo, a wide
 is sent as an upright sRGB PNG, so the provider sees what the person sees.
 
 A result is first written, as downloaded, to a hidden file next to the output (``stash``), so a
-crash or an undecodable body never loses what was paid for; then it is decoded and saved through
-the engine's saver with the run's parameters, the source's EXIF and colour profile embedded.
+crash or an undecodable body never loses what was paid for. When it already is in the asked
+format (and needs no colour conversion), its bytes become the output as they are, with the run's
+parameters, the source's EXIF, XMP and colour profile inserted (:func:`pipeline.io.insert.
+keep_encoded`): no second lossy encode. Otherwise it is decoded and saved through the engine's
+saver with the same metadata.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pipeline import __version__
 from pipeline.errors import ImageError
 from pipeline.io.atomic import atomic_write
 from pipeline.io.icc import is_srgb
+from pipeline.io.insert import describe_encoded, keep_encoded
 from pipeline.io.load import SourceInfo, load_image, probe_image
 from pipeline.io.save import save_image
 from pipeline.metadata import RunInfo
@@ -112,6 +116,7 @@ class SavedOutput:
     path: Path
     info: RunInfo
     warnings: tuple[str, ...]
+    kept: bool = False  # the provider's bytes are the output's, with the metadata inserted
 
 
 def save_output(
@@ -123,7 +128,21 @@ def save_output(
     models: dict[str, str],
     source: SourceInfo | None,
 ) -> SavedOutput:
-    """Decode a provider's result and save it as ``output`` with the run's metadata."""
+    """Save a provider's result as ``output`` with the run's metadata: its own bytes when they
+    are in ``params.output_format`` already, else decoded and encoded in it."""
+    encoded = describe_encoded(data)
+    if encoded is not None and encoded.format == params.output_format:
+        info = RunInfo(
+            params=params,
+            engine=engine,
+            models=models,
+            source_size=(source.width, source.height) if source else None,
+            output_size=(encoded.width, encoded.height),
+            clarifier_version=__version__,
+        )
+        path = keep_encoded(output, data, info=info, source=source, fmt=params.output_format)
+        if path is not None:
+            return SavedOutput(path, info, (), kept=True)
     try:
         loaded = load_image(data, max_pixels=None)
     except ImageError as exc:

@@ -12,7 +12,13 @@
    shared :class:`~app.backends.remote.pacing.RequestBudget`. Network faults and 5xx on reads are
    retried with backoff for as long as the result could still be fetched;
 4. **download** the moment the provider says done (links expire), keep the bytes as received,
-   then save the output atomically with its metadata.
+   then save the output atomically with its metadata (the provider's own bytes when they are in
+   the asked format, see :mod:`app.backends.remote.io`).
+
+Before anything is sent, a job whose output would pass the provider's documented cap (the
+registry's ``max_output_pixels``, Wireflow's 64 MP) or the person's own output cap
+(``Request.options["max_output_pixels"]``) is refused, naming the largest scale that fits
+(:meth:`RemoteBackend.check_output_size`).
 
 What a provider is (its label, models, vendor URL, key variables, cancel support) comes from its
 entry in :mod:`app.backends.registry`, which the class names; a provider module fills in the
@@ -25,6 +31,7 @@ A provider whose protocol does not fit the submit-and-poll flow (Segmind's v1 sy
 override ``run`` and build its own flow from the public hooks the template's ``run`` is built
 from, which keep the same guarantees:
 
+- :meth:`~RemoteBackend.check_output_size`: refuse an output past the cap before sending;
 - :meth:`~RemoteBackend.input_refs`: the input and mask as the provider takes them (uploaded,
   inlined, or the person's URL);
 - :meth:`~RemoteBackend.submit_unknown`: the error for a submit that got no answer (the job
@@ -64,7 +71,7 @@ from app.backends.base import (
 from app.backends.remote import io as remote_io
 from app.backends.remote.http import ProviderHttp, SubmitNoAnswer
 from app.backends.remote.pacing import PollCadence, RequestBudget
-from pipeline.errors import ImageError
+from pipeline.errors import ImageError, ParamsError
 from pipeline.io.load import SourceInfo, probe_image
 from pipeline.params import UpscaleParams
 
@@ -152,7 +159,7 @@ class RemoteBackend(ProviderHttp, Backend):
 
     needs_key: ClassVar[bool] = True  # for a class that names no entry (a test double)
     # A re-sent submit cannot create a second job. A class fact for most providers; Wireflow
-    # sets it per instance (its idempotency is undocumented, so trusting it is a choice).
+    # sets it per instance (its guide promises it; a test can turn the trust off).
     idempotent_submit: bool = False
     cadence: ClassVar[PollCadence] = PollCadence(1.0)
     budget_limit: ClassVar[tuple[int, float]] = (60, 60.0)  # requests per window (seconds)
@@ -249,6 +256,7 @@ class RemoteBackend(ProviderHttp, Backend):
         pending: list[Ticket] = []  # the ticket of a submit in flight, for a cancel's message
         try:
             if ticket is None:
+                await self.check_output_size(request)
                 ticket = await self._submit(request, report, fields, timings, pending)
             elif ticket.phase == "submitting":
                 ticket = await self._recover_submit(request, report, fields, ticket)
@@ -267,6 +275,90 @@ class RemoteBackend(ProviderHttp, Backend):
             timings["queued"] = max(0.0, ticket.running_at - ticket.submitted_at)
         timings["total"] = time.monotonic() - started
         return replace(outcome, timings={**timings, **outcome.timings})
+
+    # --- the output cap ---------------------------------------------------------------------
+    def output_size(self, width: int, height: int, params: UpscaleParams) -> tuple[int, int]:
+        """The size the provider makes from a ``width × height`` input: Clarity's rule (each ×2
+        pass floors to a multiple of 8); a provider with another rule overrides this."""
+        return params.replace(mode="creative").output_size(width, height)
+
+    def _caps(self, request: Request) -> list[tuple[int, str]]:
+        caps: list[tuple[int, str]] = []
+        model = self.info.model(self.model) if self.info is not None else None
+        if model is not None and model.max_output_pixels:
+            caps.append((model.max_output_pixels, f"{self.label} caps its output at"))
+        own = request.options.get("max_output_pixels")
+        if isinstance(own, int) and not isinstance(own, bool) and own > 0:
+            caps.append((own, "Your output cap (in the settings) is"))
+        return caps
+
+    def _scales(self) -> list[float]:
+        """The scale factors this backend's model takes, largest first."""
+        model = self.info.model(self.model) if self.info is not None else None
+        limits = model.scales if model is not None else None
+        if limits is not None and limits.choices is not None:
+            return sorted(limits.choices, reverse=True)
+        step = 1.0 if limits is not None and limits.whole else 0.5
+        high = limits.maximum if limits is not None else 16.0
+        low = limits.minimum if limits is not None else 1.0
+        count = round((high - low) / step)
+        scales = [high - k * step for k in range(count + 1)]
+        return [s for s in scales if limits is None or limits.allows(s)]
+
+    async def check_output_size(self, request: Request) -> None:
+        """Refuse, before anything is sent, a job whose output would pass the provider's cap or
+        the person's, naming the largest scale that fits. A job given as a URL (its size unknown
+        here) or an unreadable file is left to the provider (and to :meth:`input_refs`)."""
+        caps = self._caps(request)
+        if not caps or request.options.get("input_url"):
+            return
+        try:
+            source = await asyncio.to_thread(probe_image, Path(request.input))
+        except (ImageError, OSError):
+            return
+        params = request.params
+        try:
+            width, height = self.output_size(source.width, source.height, params)
+        except ParamsError:
+            return
+        cap, who = min(caps)
+        if width * height <= cap:
+            return
+        best: tuple[float, int, int] | None = None
+        for scale in self._scales():
+            if scale > params.scale_factor:
+                continue
+            try:
+                w, h = self.output_size(
+                    source.width, source.height, params.replace(scale_factor=scale)
+                )
+            except ParamsError:
+                continue
+            if w * h <= cap:
+                best = (scale, w, h)
+                break
+        asked = (
+            f"{who} {cap / 1e6:g} MP: ×{params.scale_factor:g} of this {source.width}×"
+            f"{source.height} image would be {width}×{height} ({width * height / 1e6:.1f} MP)."
+        )
+        if best is not None:
+            scale, w, h = best
+            advice = (
+                f" The largest scale that fits is ×{scale:g} ({w}×{h}, {w * h / 1e6:.1f} MP); "
+                "lower the scale factor."
+            )
+        else:
+            advice = " Even the smallest scale would not fit; make the image smaller first."
+        message = asked + advice
+        raise JobError(
+            ErrorKind.invalid_request,
+            message,
+            details={
+                "fields": {"scale_factor": [message]},
+                "largest_scale": best[0] if best else None,
+                "max_output_pixels": cap,
+            },
+        )
 
     # --- the steps of ``run``; the public ones are the hooks a provider's own ``run`` uses ---
     async def input_refs(self, request: Request) -> tuple[str, str | None]:
