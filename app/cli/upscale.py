@@ -162,6 +162,14 @@ def read_infotext(source: str) -> str:
     return text
 
 
+def split_set(items: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``--set`` items split into parameters and backend options (``segmind.sync=true``)."""
+    try:
+        return registry.split_options(items)
+    except (ValueError, registry.UnknownBackendError) as exc:
+        raise UsageError(f"--set: {exc}") from None
+
+
 def build_params(
     args: argparse.Namespace, store: PresetStore, notes: TextIO | None = None
 ) -> UpscaleParams:
@@ -182,7 +190,7 @@ def build_params(
         for note in unmapped:
             print(f"clarifier: note: --infotext: {note}", file=notes or sys.stderr)
     changes: dict[str, Any] = {}
-    for item in args.set:
+    for item in split_set(args.set)[0]:
         name, sep, text = item.partition("=")
         if not sep or not name.strip():
             raise UsageError(f"--set expects NAME=VALUE, got {item!r}")
@@ -450,6 +458,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     options = {**settings.engine_options(), "model_dirs": model_dirs_from(args.models)}
+    options.update(split_set(args.set)[1])  # backend options, e.g. segmind.sync=true
     params = build_params(args, PresetStore())
     items, params = plan(args.inputs, args.output, params, args.if_exists)
     if params.mode == "creative" and args.backend == "local" and not args.json:

@@ -126,3 +126,19 @@ def test_jobs_resume_finishes_what_an_interrupted_session_left(tmp_path, capsys,
         assert main(["jobs", "list"]) == 0
         listed = capsys.readouterr().out
         assert job_id[:10] in listed and HistoryStore().get(job_id).remote_id in listed
+
+
+@pytest.mark.parametrize("provider", ["segmind"], indirect=True)
+def test_set_chooses_segmind_v1_sync_call(provider, tmp_path: Path, capsys) -> None:
+    """``--set segmind.sync=true`` is a backend option, not a parameter: the job goes to the
+    page's v1 synchronous endpoint; a bad option value is a usage error that runs nothing."""
+    name, model, double = provider
+    photo = _photo(tmp_path / "photo.jpg")
+    args = ["upscale", str(photo), "--backend", name, "--model", model, "--seed", "3"]
+    args += ["-o", str(tmp_path / "out"), "--no-progress"]
+    assert main([*args, "--set", "segmind.sync=true"]) == 0, capsys.readouterr().err
+    assert [job.sync for job in double.jobs.values()] == [True]
+    assert read_run_info(tmp_path / "out" / "photo.png") is not None
+    assert main([*args, "--set", "segmind.sync=sometimes", "--if-exists", "overwrite"]) == 2
+    assert "segmind.sync takes" in capsys.readouterr().err
+    assert len(double.jobs) == 1

@@ -135,7 +135,7 @@ def test_large_input_goes_through_the_files_api_and_is_deleted_after(double, big
 
 # --- refusals and errors ----------------------------------------------------------------------
 def test_mapping_refuses_what_clarity_cannot_take_before_any_request(double, photo, tmp_path):
-    params = UpscaleParams(upscaler="4x-UltraSharp", lora_links="/home/me/detail.safetensors")
+    params = UpscaleParams(upscaler="4x-NMKD-Siax", lora_links="/home/me/detail.safetensors")
     params = params.replace(**{"creative.fractality": 4})
     err = fails(double, photo, tmp_path, params=params)
     assert err.kind is ErrorKind.invalid_request
@@ -143,6 +143,9 @@ def test_mapping_refuses_what_clarity_cannot_take_before_any_request(double, pho
     assert not double.log
     fields = clarity_input(UpscaleParams(lora_links=" https://a/x.safetensors ,"), "Replicate")
     assert fields["lora_links"] == "https://a/x.safetensors"
+    # Clarity's own pre-upscaler is what hosted Clarity runs anyway: the preset that picks it
+    # locally runs there unchanged.
+    assert "upscaler" not in clarity_input(UpscaleParams(upscaler="4x-UltraSharp"), "Replicate")
 
 
 def test_missing_and_bad_token(double, photo, tmp_path):

@@ -158,7 +158,7 @@ def test_clarity_fields_cover_the_open_model():
     [
         ("clarity-upscaler", {"pattern": True}, "pattern"),
         ("clarity-upscaler", {"multistep_factor": 0.5}, "multistep_factor"),
-        ("clarity-upscaler", {"upscaler": "4x-UltraSharp"}, "upscaler"),
+        ("clarity-upscaler", {"upscaler": "realesrgan-x4plus-anime"}, "upscaler"),
         ("clarity-upscaler", {"noise_source": "cpu"}, "noise_source"),
         ("clarity-upscaler", {"lora_links": "/home/me/lora.safetensors"}, "lora_links"),
         ("clarityai-creative-upscaler", {"scale_factor": 2.5}, "scale_factor"),
@@ -636,3 +636,10 @@ def test_cancelling_a_sync_call_says_segmind_may_still_bill(double, photo, tmp_p
     assert err.value.kind is ErrorKind.canceled and isinstance(err.value.message, str)
     assert "may" in err.value.message and "bill" in err.value.message
     assert err.value.details == {"remote_final": False}
+
+
+def test_clarity_s_own_pre_upscaler_is_not_refused():
+    """Segmind's clarity-upscaler runs Clarity, whose pre-upscaler is 4x-UltraSharp: asking for
+    it (the "Clarity default" preset does when it is installed) changes nothing there."""
+    fields = params_backend("clarity-upscaler").map_params(UpscaleParams(upscaler="4x-UltraSharp"))
+    assert "upscaler" not in fields

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.backends.base import ErrorKind, JobError
+from app.backends.remote.fields import as_hosted
 from pipeline.params import UpscaleParams
 
 __all__ = [
@@ -37,7 +38,7 @@ _DEFAULTS = UpscaleParams()
 # Clarifier's own engine choices, which Clarity's model makes for itself: at their defaults
 # nothing is lost by leaving them out; a changed value would be silently ignored there.
 _LOCAL_ONLY = {
-    "upscaler": "a choice of pre-upscaler (Clarity always uses 4x-UltraSharp)",
+    "upscaler": "another pre-upscaler (Clarity always uses 4x-UltraSharp)",
     "upscaler_channel_order": "the local pre-upscaler's channel order",
     "noise_source": "the local engine's noise source (Clarity draws its noise on the GPU)",
     "creative": "the ClarityAI creative upscaler's knobs (Segmind hosts that model)",
@@ -54,7 +55,7 @@ def clarity_input(params: UpscaleParams, provider: str) -> dict[str, Any]:
     ``JobError(invalid_request)`` naming every setting ``provider`` cannot take."""
     refused: dict[str, list[str]] = {}
     for name, what in _LOCAL_ONLY.items():
-        if getattr(params, name) != getattr(_DEFAULTS, name):
+        if not as_hosted(name, getattr(params, name)):
             refused.setdefault(name, []).append(f"{provider} has no setting for {what}")
     links = [link.strip() for link in params.lora_links.split(",") if link.strip()]
     for link in links:

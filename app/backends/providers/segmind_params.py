@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from app.backends.base import ErrorKind, JobError
+from app.backends.remote.fields import as_hosted
 from pipeline.params import UpscaleParams
 
 __all__ = [
@@ -66,7 +67,7 @@ _SYNC_UNDER = 60.0
 _LOCAL_ONLY = {
     "pattern": "Clarifier's seamless-texture switch",
     "multistep_factor": "Clarity's hidden multi-pass creativity factor",
-    "upscaler": "the choice of pre-upscaler (Segmind uses its own)",
+    "upscaler": "another pre-upscaler (Segmind's Clarity uses 4x-UltraSharp)",
     "upscaler_channel_order": "the local pre-upscaler's channel order",
     "noise_source": "the local engine's noise source",
 }
@@ -136,7 +137,7 @@ def map_params(model: str, params: UpscaleParams) -> dict[str, Any]:
         refused.setdefault(name, []).append(why)
 
     for name, what in _LOCAL_ONLY.items():
-        if getattr(params, name) != getattr(_DEFAULTS, name):
+        if not as_hosted(name, getattr(params, name)):
             refuse(name, f"Segmind's {model} has no setting for {what}")
     for knobs_model, (group, what) in _KNOBS.items():
         if model != knobs_model and getattr(params, group) != getattr(_DEFAULTS, group):

@@ -20,10 +20,20 @@ from typing import Any
 from app.backends.base import ErrorKind, JobError
 from pipeline.params import UpscaleParams
 
-__all__ = ["refusal", "untaken"]
+__all__ = ["CLARITY_UPSCALER", "as_hosted", "refusal", "untaken"]
 
 _DEFAULTS = UpscaleParams()
 _NEVER_REFUSED = frozenset({"mode"})
+# The pre-upscaler hosted Clarity runs (its predict.py hard-codes it): asking for it asks for
+# nothing the provider would not do, so the "Clarity default" preset runs there as it does here.
+CLARITY_UPSCALER = "4x-UltraSharp"
+
+
+def as_hosted(name: str, value: Any) -> bool:
+    """Whether ``value`` of field ``name`` is what a hosted Clarity does anyway: the default,
+    or Clarity's own pre-upscaler."""
+    default = _value(_DEFAULTS, name)
+    return value == default or (name == "upscaler" and value == CLARITY_UPSCALER)
 
 
 def untaken(
@@ -37,7 +47,7 @@ def untaken(
         if name in taken or name in _NEVER_REFUSED:
             continue
         value = _value(params, name)
-        if value == default:
+        if value == default or as_hosted(name, value):
             continue
         if name == "seed" and not seed and value is None:
             continue  # random: the provider draws its own anyway
