@@ -1,11 +1,13 @@
-"""Turn A1111-syntax prompts into CLIP conditioning exactly as A1111 does for SD 1.5.
+"""Turn A1111-syntax prompts into CLIP conditioning exactly as A1111 v1.7 does for SD 1.5.
 
 diffusers' own ``encode_prompt`` truncates at 77 tokens and knows no emphasis, so Clarity's
 prompts (``(… :2)`` weights, a textual-inversion negative, sometimes more than 75 tokens) would
 condition the UNet differently from the reference. :class:`PromptEncoder` reproduces A1111's
-conditioning for CLIP skip 1 (Clarity's setting):
+conditioning (CLIP skip 1 is Clarity's setting):
 
-1. :func:`pipeline.diffusion.prompt_syntax.parse_prompt` gives weighted fragments; each is
+1. The prompt syntax of :mod:`pipeline.diffusion.prompt_syntax`: extra-network tags out of the
+   prompt, the prompt split at ``AND``, every part (and the negative prompt) scheduled over the
+   run's steps; each scheduled text is read for emphasis, and every weighted fragment is
    tokenised on its own, without BOS/EOS.
 2. Tokens fill chunks of 75. ``BREAK`` starts a new chunk; a chunk that overflows is cut after its
    last comma when that comma lies within ``comma_backtrack`` (A1111: 20) tokens of the end.
@@ -14,17 +16,21 @@ conditioning for CLIP skip 1 (Clarity's setting):
 3. Each chunk becomes BOS + 75 + EOS, padded with EOS (SD 1.5 pads with EOS), and goes through
    the text encoder; embedding vectors replace the token embeddings of their slots during that
    call only, so nothing in the tokenizer or the model changes.
-4. ``z *= weights``, then ``z *= mean(z_before) / mean(z_after)`` per chunk, and the chunks are
-   concatenated: ``[1, 77·k, hidden]``.
+4. A1111 encodes all texts of one schedule as one batch, chunk by chunk (a text with fewer
+   chunks gets empty-prompt chunks, so every text of a schedule has the same length), and
+   restores the mean over that whole batch: ``z *= weights``, then
+   ``z *= mean(z_before) / mean(z_after)``; the chunks are concatenated: ``[1, 77·k, hidden]``.
 
-Encodings are cached by prompt text; the cache notices LoRA adapters being added, re-weighted,
-merged or fused into the text encoder, so a stale encoding is never returned.
+The text encoder runs once per distinct 77-token chunk: its raw outputs are cached, and the cache
+notices LoRA adapters being added, re-weighted, merged or fused into the text encoder, so a stale
+encoding is never returned.
 """
 
 from __future__ import annotations
 
 import pickle
 import threading
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,16 +41,29 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from pipeline.diffusion.prompt_syntax import is_break, parse_prompt
+from pipeline.diffusion.prompt_syntax import (
+    is_break,
+    parse_attention,
+    prompt_schedule,
+    split_and,
+    take_extra_networks,
+)
 from pipeline.errors import FieldError, ModelError, ParamsError
 
 if TYPE_CHECKING:
     from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
-__all__ = ["EMBEDDING_SUFFIXES", "PromptChunk", "PromptEncoder", "load_embedding"]
+__all__ = [
+    "EMBEDDING_SUFFIXES",
+    "CondSchedule",
+    "Conditioning",
+    "PromptChunk",
+    "PromptEncoder",
+    "load_embedding",
+]
 
 EMBEDDING_SUFFIXES: tuple[str, ...] = (".pt", ".safetensors", ".bin", ".pth", ".ckpt")
-_CACHE_SIZE = 64
+_CACHE_SIZE = 64  # raw text-encoder outputs of distinct chunks (77 x hidden floats each)
 _PLACEHOLDER_ID = 0  # token id under an embedding vector; its own embedding is replaced
 
 
@@ -59,6 +78,113 @@ class PromptChunk:
     ids: list[int]
     weights: list[float]
     vectors: dict[int, tuple[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class CondSchedule:
+    """One prompt's conditioning over a run: A1111's list of ``ScheduledPromptConditioning``.
+
+    Entry ``i`` holds ``texts[i]`` (the scheduled text, emphasis syntax included) and its
+    ``embeddings[i]`` (``[1, L, hidden]``), in force up to model call ``end_steps[i]``; the ends
+    ascend and the last is the run's total steps. Every embedding of one schedule has the same
+    length ``L`` (a multiple of 77). Treat the tensors as read-only: :meth:`at` hands them out
+    without copying.
+    """
+
+    end_steps: tuple[int, ...]
+    texts: tuple[str, ...]
+    embeddings: tuple[torch.Tensor, ...]
+
+    def __post_init__(self) -> None:
+        if not self.end_steps or not len(self.end_steps) == len(self.texts) == len(self.embeddings):
+            raise ValueError("a schedule needs one text and one embedding per end step")
+        if list(self.end_steps) != sorted(set(self.end_steps)):
+            raise ValueError(f"schedule end steps must ascend: {self.end_steps}")
+
+    def index_at(self, step: int) -> int:
+        """Which entry is in force at model call ``step`` (0-based).
+
+        A1111 (``reconstruct_cond_batch``) takes the first entry whose end step is at least
+        ``step``, and entry 0 for a call past the last end step.
+        """
+        index = bisect_left(self.end_steps, step)
+        return index if index < len(self.end_steps) else 0
+
+    def at(self, step: int) -> torch.Tensor:
+        """The ``[1, L, hidden]`` embedding in force at model call ``step`` (0-based).
+
+        ``step`` counts calls of the guided denoiser as A1111's ``CFGDenoiser`` does: it starts
+        at 0 for every sampling run (each Clarity pass) and goes up by one per call, so a
+        second-order sampler advances it twice per step and an img2img run starts at 0 even
+        though its sigmas start part-way down.
+        """
+        return self.embeddings[self.index_at(step)]
+
+    def text_at(self, step: int) -> str:
+        """The scheduled text in force at model call ``step`` (for logs and tests)."""
+        return self.texts[self.index_at(step)]
+
+    @property
+    def switch_steps(self) -> tuple[int, ...]:
+        """The model calls at which :meth:`at` changes to another text (A1111's quirk of going
+        back to the first entry after the last end step included)."""
+        ends, texts = self.end_steps, self.texts
+        steps = [ends[i] + 1 for i in range(len(ends) - 1) if texts[i] != texts[i + 1]]
+        if texts[-1] != texts[0]:
+            steps.append(ends[-1] + 1)
+        return tuple(steps)
+
+    @property
+    def tokens(self) -> int:
+        """``L``, the token length of every embedding in the schedule."""
+        return int(self.embeddings[0].shape[1])
+
+
+@dataclass(frozen=True, eq=False)
+class Conditioning:
+    """Everything the guided denoiser needs from the prompts for one run.
+
+    ``conds`` has one ``(schedule, weight)`` per ``AND`` part of the prompt, in order (a prompt
+    without ``AND`` has one part of weight 1); ``uncond`` is the negative prompt's schedule
+    (never split at ``AND``). A1111 guides with every part:
+    ``denoised = uncond_out + Σ weight_i · cfg_scale · (cond_out_i − uncond_out)``.
+
+    The parts may differ in token length, and so may the prompt and the negative prompt (their
+    chunk counts differ). :meth:`cond_batch` pads the parts to one length as A1111's
+    ``stack_conds`` does (repeating each part's last vector); cond and uncond are left as they
+    are: with A1111's default (no "pad prompt/negative prompt to be same length") the model is
+    run on them separately when their lengths differ, and with it the shorter is extended with
+    empty-prompt chunks (``PromptEncoder.encode("")``).
+    """
+
+    conds: tuple[tuple[CondSchedule, float], ...]
+    uncond: CondSchedule
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        """The ``AND`` weights, one per part."""
+        return tuple(weight for _, weight in self.conds)
+
+    def cond_batch(self, step: int) -> torch.Tensor:
+        """``[parts, L, hidden]``: every part's embedding at model call ``step``, padded to the
+        longest by repeating its last vector (A1111's ``reconstruct_multicond_batch``)."""
+        tensors = [schedule.at(step)[0] for schedule, _ in self.conds]
+        longest = max(t.shape[0] for t in tensors)
+        padded = [
+            t if t.shape[0] == longest else torch.cat([t, t[-1:].expand(longest - t.shape[0], -1)])
+            for t in tensors
+        ]
+        return torch.stack(padded)
+
+    def uncond_at(self, step: int) -> torch.Tensor:
+        """The ``[1, L, hidden]`` negative-prompt embedding at model call ``step``."""
+        return self.uncond.at(step)
+
+    @property
+    def switch_steps(self) -> tuple[int, ...]:
+        """Every model call at which some part or the negative prompt changes."""
+        schedules = [schedule for schedule, _ in self.conds] + [self.uncond]
+        return tuple(sorted({step for s in schedules for step in s.switch_steps}))
 
 
 # --- textual-inversion files ----------------------------------------------------------------
@@ -182,7 +308,7 @@ class PromptEncoder:
         self._by_first_id = self._index_embedding_names()
         self._vectors: dict[str, torch.Tensor] = {}
         self._used: list[str] = []
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._cache_state: tuple | None = None
         self._lock = threading.RLock()
 
@@ -198,30 +324,44 @@ class PromptEncoder:
 
     # -- public encoding API --
 
+    def encode_conditioning(self, prompt: str, negative: str, total_steps: int) -> Conditioning:
+        """A1111's conditioning for a run of ``total_steps`` model calls (A1111's
+        ``total_steps``: the sampling steps, doubled for second-order samplers).
+
+        The prompt loses its extra-network tags and is split at ``AND``; each part and the
+        negative prompt (tags and ``AND`` kept as words there, as in A1111 v1.7) are scheduled
+        for editing and alternation, and each schedule is encoded as one batch. Raises
+        :class:`~pipeline.errors.ParamsError` naming the field for syntax A1111 cannot run.
+        """
+        stripped, _loras, _warnings = take_extra_networks(prompt, field="prompt")
+        with self._lock:
+            self._check_cache_state()
+            schedules: dict[str, CondSchedule] = {}
+            conds: list[tuple[CondSchedule, float]] = []
+            for text, weight in split_and(stripped):
+                if text not in schedules:
+                    schedules[text] = self._schedule(text, total_steps, "prompt")
+                conds.append((schedules[text], weight))
+            uncond = self._schedule(negative, total_steps, "negative_prompt")
+        return Conditioning(conds=tuple(conds), uncond=uncond)
+
     def encode(self, prompt: str, *, field: str = "prompt") -> torch.Tensor:
-        """``[1, 77·k, hidden]`` conditioning for ``prompt``, in the text encoder's dtype.
+        """``[1, 77·k, hidden]`` conditioning for one text read literally, in the text
+        encoder's dtype: emphasis, BREAK and embeddings apply; editing and ``AND`` do not (use
+        :meth:`encode_conditioning` for a whole run). In ``field`` ``"prompt"`` the
+        extra-network tags are cut out first; in ``"negative_prompt"`` they are words.
 
         ``field`` names the parameter in a :class:`~pipeline.errors.ParamsError` for bad syntax.
         """
         with self._lock:
-            state = self._state_key()
-            if state != self._cache_state:
-                self._cache.clear()
-                self._cache_state = state
-            cached = self._cache.get(prompt)
-            if cached is None:
-                cached = self._encode_chunks(self.chunks(prompt, field=field))
-                self._cache[prompt] = cached
-                if len(self._cache) > _CACHE_SIZE:
-                    self._cache.popitem(last=False)
-            else:
-                self._cache.move_to_end(prompt)
-            return cached.clone()
+            self._check_cache_state()
+            return self._encode_batch([self._literal(prompt, field)], field)[0]
 
     def encode_pair(
         self, prompt: str, negative: str, *, pad: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cond, uncond)``; with ``pad`` the shorter is extended with empty-prompt chunks.
+        """``(cond, uncond)`` for a prompt pair read literally (see :meth:`encode`); with
+        ``pad`` the shorter is extended with empty-prompt chunks.
 
         A1111 pads this way when ``pad_cond_uncond`` is on, so cond and uncond can share one UNet
         batch; with ``pad=False`` lengths may differ (A1111's default then runs them apart).
@@ -239,17 +379,9 @@ class PromptEncoder:
         return cond, uncond
 
     def chunks(self, prompt: str, *, field: str = "prompt") -> list[PromptChunk]:
-        """How ``prompt`` is laid out into 77-token windows (ids, weights, embedding slots)."""
-        fragments = parse_prompt(prompt, field=field).fragments
-        texts = [text for text, _ in fragments]
-        ids = self._tokenize(texts)
-        builder = _ChunkBuilder(self)
-        for fragment, tokens in zip(fragments, ids, strict=True):
-            if is_break(fragment):
-                builder.close()
-            else:
-                builder.add_fragment(list(tokens), fragment[1])
-        return builder.finish()
+        """How one text read literally (see :meth:`encode`) is laid out into 77-token windows
+        (ids, weights, embedding slots)."""
+        return self._layout(self._literal(prompt, field), field)
 
     # -- internals --
 
@@ -292,7 +424,85 @@ class PromptEncoder:
             self._used.append(name)
         return vectors
 
-    def _encode_chunks(self, chunks: list[PromptChunk]) -> torch.Tensor:
+    @staticmethod
+    def _literal(prompt: str, field: str) -> str:
+        if field == "negative_prompt":
+            return prompt
+        return take_extra_networks(prompt, field=field)[0]
+
+    def _layout(self, text: str, field: str) -> list[PromptChunk]:
+        fragments = parse_attention(text, field=field)
+        ids = self._tokenize([fragment for fragment, _ in fragments])
+        builder = _ChunkBuilder(self)
+        for fragment, tokens in zip(fragments, ids, strict=True):
+            if is_break(fragment):
+                builder.close()
+            else:
+                builder.add_fragment(list(tokens), fragment[1])
+        return builder.finish()
+
+    def _empty_chunk(self) -> PromptChunk:
+        size = self.chunk_length + 2
+        return PromptChunk(ids=[self.bos_id] + [self.eos_id] * (size - 1), weights=[1.0] * size)
+
+    def _schedule(self, text: str, total_steps: int, field: str) -> CondSchedule:
+        entries = prompt_schedule(text, total_steps, field=field)
+        texts = [scheduled for _, scheduled in entries]
+        return CondSchedule(
+            end_steps=tuple(end for end, _ in entries),
+            texts=tuple(texts),
+            embeddings=tuple(self._encode_batch(texts, field)),
+        )
+
+    def _encode_batch(self, texts: list[str], field: str) -> list[torch.Tensor]:
+        """``[1, 77·k, hidden]`` per text, encoded together as A1111 encodes a schedule.
+
+        Chunk ``i`` of every text forms one batch (texts with fewer chunks contribute an empty
+        chunk), and the emphasis mean is restored over that whole batch, duplicates included.
+        """
+        layouts: dict[str, list[PromptChunk]] = {}
+        for text in texts:
+            if text not in layouts:
+                layouts[text] = self._layout(text, field)
+        count = max(len(layouts[text]) for text in texts)
+        empty = self._empty_chunk()
+        pieces: list[list[torch.Tensor]] = [[] for _ in texts]
+        for index in range(count):
+            rows = [layouts[t][index] if index < len(layouts[t]) else empty for t in texts]
+            z = self._weighted(rows)
+            for row, piece in enumerate(pieces):
+                piece.append(z[row])
+        dtype = self._reference_weight().dtype
+        return [torch.cat(piece).unsqueeze(0).to(dtype) for piece in pieces]
+
+    def _weighted(self, rows: list[PromptChunk]) -> torch.Tensor:
+        """``[rows, 77, hidden]`` float32: emphasis applied, the batch's mean restored."""
+        z = self._raw(rows)
+        weights = torch.tensor([row.weights for row in rows], device=z.device).unsqueeze(-1)
+        before = z.mean()
+        z = z * weights
+        after = z.mean()
+        return z * torch.where(after == 0, torch.ones_like(after), before / after)
+
+    def _raw(self, rows: list[PromptChunk]) -> torch.Tensor:
+        """``[rows, 77, hidden]`` float32 text-encoder output; each distinct chunk runs once."""
+        keys = [(tuple(row.ids), tuple(sorted(row.vectors.items()))) for row in rows]
+        missing: dict[tuple, PromptChunk] = {}
+        for key, row in zip(keys, rows, strict=True):
+            if key not in self._cache and key not in missing:
+                missing[key] = row
+        if missing:
+            z = self._run_text_encoder(list(missing.values()))
+            for key, value in zip(missing, z, strict=True):
+                self._cache[key] = value
+        out = torch.stack([self._cache[key] for key in keys])
+        for key in keys:
+            self._cache.move_to_end(key)
+        while len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return out
+
+    def _run_text_encoder(self, chunks: list[PromptChunk]) -> torch.Tensor:
         weight = self._reference_weight()
         ids = torch.tensor([c.ids for c in chunks], dtype=torch.long, device=weight.device)
         slots = [
@@ -306,13 +516,13 @@ class PromptEncoder:
                 z = out.last_hidden_state
             else:
                 z = self._final_layer_norm()(out.hidden_states[-self.clip_skip])
-            z = z.float()
-            weights = torch.tensor([c.weights for c in chunks], device=z.device).unsqueeze(-1)
-            before = z.mean(dim=(1, 2), keepdim=True)
-            z = z * weights
-            after = z.mean(dim=(1, 2), keepdim=True)
-            z = z * torch.where(after == 0, torch.ones_like(after), before / after)
-        return z.reshape(1, -1, z.shape[-1]).to(weight.dtype)
+        return z.float()
+
+    def _check_cache_state(self) -> None:
+        state = self._state_key()
+        if state != self._cache_state:
+            self._cache.clear()
+            self._cache_state = state
 
     @contextmanager
     def _injected(self, slots: list[tuple[int, int, torch.Tensor]]) -> Iterator[None]:

@@ -425,8 +425,20 @@ def test_pair_pads_the_shorter_with_empty_prompt_chunks(encoder: PromptEncoder) 
 
 def test_bad_syntax_names_the_prompt_it_is_in(encoder: PromptEncoder) -> None:
     with pytest.raises(ParamsError) as info:
-        encoder.encode_pair("a cat", "blurry <lora:x:lots>")
+        encoder.encode_pair("a cat", "blurry (eyes:1.2.3)")
     assert info.value.fields == ["negative_prompt"]
+    with pytest.raises(ParamsError) as info:
+        encoder.encode_pair("a cat <lora:x:lots>", "blurry")
+    assert info.value.fields == ["prompt"]
+
+
+def test_lora_tags_in_the_negative_prompt_are_text(encoder: PromptEncoder) -> None:
+    # A1111 v1.7 (processing.parse_extra_network_prompts) parses tags from the prompt only
+    _, uncond = encoder.encode_pair("a cat", "blurry <lora:x:lots>")
+    assert not torch.equal(uncond, encoder.encode("blurry "))
+    torch.testing.assert_close(
+        uncond, encoder.encode("blurry <lora:x:lots>", field="negative_prompt")
+    )
 
 
 # --- cache ----------------------------------------------------------------------------------
