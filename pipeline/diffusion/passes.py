@@ -88,6 +88,28 @@ class Conditioning(Protocol):
     @property
     def uncond(self) -> Any: ...
 
+    def cond_batch(self, step: int) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class _Part:
+    """``AND`` part ``index`` of the prompt at a model call, padded to the longest part's token
+    length as A1111 stacks the parts (:meth:`Conditioning.cond_batch`)."""
+
+    conditioning: Conditioning
+    index: int
+
+    def at(self, step: int) -> torch.Tensor:
+        return self.conditioning.cond_batch(step)[self.index : self.index + 1]
+
+
+def _guidance(conditioning: Conditioning, scale: float) -> Guidance:
+    conds = conditioning.conds
+    if len(conds) == 1:
+        return Guidance(conds, conditioning.uncond, scale)
+    parts = tuple((_Part(conditioning, i), weight) for i, (_, weight) in enumerate(conds))
+    return Guidance(parts, conditioning.uncond, scale)
+
 
 class PromptPairEncoder(Protocol):
     """Turns the prompt and the negative prompt into their conditioning
@@ -421,7 +443,7 @@ def _denoise(
         on_batch=on_batch,
         log=lambda msg: log.warnings.append(msg),
     )
-    guidance = Guidance(conditioning.conds, conditioning.uncond, params.dynamic)
+    guidance = _guidance(conditioning, params.dynamic)
     with torch.inference_mode():
         x = img2img(
             params.scheduler,

@@ -102,6 +102,7 @@ def upscale_creative(
     # transformers warns at import about optional image processors the engine never uses.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from pipeline.diffusion.prompt_syntax import parse_prompt
+    from pipeline.diffusion.samplers import prompt_steps
     from pipeline.diffusion.sd_loading import addnet_hash, file_fingerprint, set_loras
     from pipeline.diffusion.text_encoder import PromptEncoder
     from pipeline.models.store import resolve_models
@@ -112,8 +113,11 @@ def upscale_creative(
     started = time.perf_counter()
     report(Progress("models", 0, 1, "finding the models"))
     models = resolve_models(params, tuple(options.model_dirs))
-    parsed = parse_prompt(params.prompt)
+    total_steps = prompt_steps(params.scheduler, params.num_inference_steps)
+    parsed = parse_prompt(params.prompt, steps=total_steps)
     extras.warnings.extend(parsed.warnings)
+    negative = parse_prompt(params.negative_prompt, field="negative_prompt", steps=total_steps)
+    extras.warnings.extend(negative.warnings)
     loras = lora_requests(parsed.loras, models.loras)
 
     sr_tile = options.tile or auto_tile(device)

@@ -199,9 +199,11 @@ def test_prompt_syntax_and_backend_scale_limits(qtbot, panel: ParamsPanel) -> No
     prompt = panel.rows["prompt"].editor.multiline
     prompt.setPlainText("a cat <lora:detail:abc>")
     assert "not a number" in panel.errors()["prompt"]
-    prompt.setPlainText("a cat [a|b]")
+    prompt.setPlainText("a cat [a|b]")  # alternation runs now: no note, no error
     assert "prompt" not in panel.errors()
-    assert "not supported" in panel.rows["prompt"].message.text()  # a note, not an error
+    prompt.setPlainText("a cat | [a:b:5]")
+    assert "prompt" not in panel.errors()
+    assert "are off" in panel.rows["prompt"].message.text()  # a note, not an error
     prompt.setPlainText("a cat")
     panel.set_backend("apiframe", "")
     panel.rows["scale_factor"].editor.spin.setValue(3)

@@ -226,3 +226,29 @@ def test_file_round_trip_keeps_the_parameters(options, tmp_path):
     info = read_run_info(result.output)
     assert info is not None and info.params.seed == 11 and info.params.mode == "creative"
     assert load_image(result.output).rgb.shape == (80, 112, 3)
+
+
+def test_prompt_editing_and_and_reach_the_model_call_by_call(options, monkeypatch):
+    """``[a cat:a dog:2]`` switches after model call 2 (A1111 counts calls from 0 against the
+    run's full 6 steps), the ``AND`` part rides along at its own weight, and the negative
+    prompt is the last embedding of every call."""
+    from pipeline.diffusion.multidiffusion import TiledDenoiser
+
+    seen: list[list[torch.Tensor]] = []
+    real = TiledDenoiser.predict
+
+    def spy(self, model_input, t, embeddings):
+        seen.append([e.clone() for e in embeddings])
+        return real(self, model_input, t, embeddings)
+
+    monkeypatch.setattr(TiledDenoiser, "predict", spy)
+    prompt = "[a cat:a dog:2] AND a tree :0.5"
+    _run(options, _params(prompt=prompt, negative_prompt="blurry", creativity=0.5))
+    # DPM++ 3M SDE Karras at 6 steps × 0.5: t_enc 3, four model calls, one embedding per part.
+    assert len(seen) == 4 and all(len(call) == 3 for call in seen)
+    first = [call[0] for call in seen]
+    assert torch.equal(first[0], first[1]) and torch.equal(first[1], first[2])
+    assert not torch.equal(first[2], first[3])
+    assert all(torch.equal(call[1], seen[0][1]) for call in seen)  # "a tree" never changes
+    assert all(torch.equal(call[2], seen[0][2]) for call in seen)  # the negative prompt
+    assert not torch.equal(seen[0][1], seen[0][0])
