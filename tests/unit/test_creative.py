@@ -252,3 +252,33 @@ def test_prompt_editing_and_and_reach_the_model_call_by_call(options, monkeypatc
     assert all(torch.equal(call[1], seen[0][1]) for call in seen)  # "a tree" never changes
     assert all(torch.equal(call[2], seen[0][2]) for call in seen)  # the negative prompt
     assert not torch.equal(seen[0][1], seen[0][0])
+
+
+def test_hands_only_upscales_the_hand_crop_and_pastes_it_back(options, monkeypatch):
+    """handfix=hands_only as Clarity runs it: the crop around the first hand is what goes
+    through the passes, the result is blended back into the image at its own size; no hand,
+    no image (the detector is stood in for; its own tests need the handfix extra)."""
+    from pipeline.diffusion import handfix
+
+    monkeypatch.setattr(handfix, "require_detector", lambda: None)
+    found = iter([handfix.HandBox(30, 20, 60, 50), None])
+    monkeypatch.setattr(handfix, "find_hand", lambda rgb: next(found))
+    import pipeline.diffusion.run as run_module
+
+    sizes = []
+    real = run_module.run_passes
+
+    def spy(rgb, params, **kw):
+        sizes.append(rgb.shape)
+        return real(rgb, params, **kw)
+
+    monkeypatch.setattr(run_module, "run_passes", spy)
+    image = _image(80, 96)
+    result = _run(options, _params(handfix="hands_only"), rgb=image)
+    # The crop is at least 512 px a side, clamped to this small image: all of it here.
+    assert sizes == [(80, 96, 3)]
+    assert result.rgb.shape == image.shape and result.info.output_size == (96, 80)
+    centre = (slice(30, 50), slice(35, 60))
+    assert not np.array_equal(result.rgb[centre], image[centre])  # the upscaled hand
+    with pytest.raises(PipelineError, match="no hand found"):
+        _run(options, _params(handfix="hands_only"), rgb=image)
