@@ -3,11 +3,18 @@
 Settings change how Clarifier runs, never what a result means (that is the parameters' job).
 A damaged settings file is set aside (``settings.json.bad``) and defaults are used, so a bad
 edit can never stop the app from starting.
+
+A provider's URL is one address, except for the providers in :data:`MULTI_URL_PROVIDERS` (your
+Cog servers, which Clarifier drives as one pool): their entry lists several, separated by commas
+or spaces (``"http://gpu-a:5000, http://gpu-b:5000"``), or, in ``settings.json``, as a JSON list.
+:func:`split_urls` reads either form, here and in the backend.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +22,30 @@ from typing import Any
 from app.store.files import read_json_or_default, write_json_atomic
 from pipeline.paths import config_dir
 
-__all__ = ["PRECISIONS", "Settings", "load_settings", "save_settings", "settings_path"]
+__all__ = [
+    "MULTI_URL_PROVIDERS",
+    "PRECISIONS",
+    "Settings",
+    "load_settings",
+    "save_settings",
+    "settings_path",
+    "split_urls",
+]
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+# The providers whose backend spreads jobs over several servers of the person's own
+# (app.backends.providers.cog): only their URL setting may list more than one address.
+# tests/backends/test_cog_pool.py checks this against the backends.
+MULTI_URL_PROVIDERS = frozenset({"cog"})
+_URL_SEPARATORS = re.compile(r"[\s,;]+")
+
+
+def split_urls(value: str | Iterable[str]) -> tuple[str, ...]:
+    """The addresses in a URL setting, in order, each once and without a trailing slash: text
+    separated by commas, semicolons or whitespace, or a list of such texts."""
+    texts = [value] if isinstance(value, str) else list(value)
+    urls = (url.rstrip("/") for text in texts for url in _URL_SEPARATORS.split(str(text)))
+    return tuple(dict.fromkeys(url for url in urls if url))
 
 
 @dataclass(frozen=True)
@@ -33,7 +61,8 @@ class Settings:
     filename_template: str = "{stem}-{mode}-x{scale}"
     # Per remote provider (by backend name): base URL (scheme and host, as the vendor documents
     # it; CLARIFIER_<NAME>_BASE_URL overrides), requests per minute allowed by the person's plan,
-    # and how many jobs may run there at once. Missing entries use the provider's defaults.
+    # and how many jobs may run there at once. Missing entries use the provider's defaults. The
+    # Cog entry may list several servers (see MULTI_URL_PROVIDERS).
     provider_urls: dict[str, str] = field(default_factory=dict)
     provider_rpm: dict[str, int] = field(default_factory=dict)
     provider_concurrency: dict[str, int] = field(default_factory=dict)
@@ -66,9 +95,15 @@ class Settings:
         check_template(self.filename_template)
         if self.tile is not None and not (32 <= self.tile <= 4096):
             raise ValueError(f"tile must be between 32 and 4096 pixels, not {self.tile}")
-        for name, url in self.provider_urls.items():
-            if not str(url).startswith(("http://", "https://")):
-                raise ValueError(f"the {name} URL must start with http:// or https://, not {url!r}")
+        for name, value in self.provider_urls.items():
+            urls = split_urls(value) or (str(value),)
+            if len(urls) > 1 and name not in MULTI_URL_PROVIDERS:
+                raise ValueError(f"the {name} URL must be one address, not {len(urls)}")
+            for url in urls:
+                if not url.startswith(("http://", "https://")):
+                    raise ValueError(
+                        f"the {name} URL must start with http:// or https://, not {url!r}"
+                    )
         for table in ("provider_rpm", "provider_concurrency"):
             for name, value in getattr(self, table).items():
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -86,6 +121,12 @@ def load_settings(path: Path | None = None) -> Settings:
         values = {k: v for k, v in data.items() if k in known}
         if "model_dirs" in values:
             values["model_dirs"] = tuple(values["model_dirs"])
+        urls = values.get("provider_urls")
+        if isinstance(urls, dict):  # a pool's servers may be written as a JSON list
+            values["provider_urls"] = {
+                name: ", ".join(split_urls(url)) if isinstance(url, list) else url
+                for name, url in urls.items()
+            }
         return Settings(**values).validate()
 
     return read_json_or_default(path or settings_path(), build, Settings, "settings file")

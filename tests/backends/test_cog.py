@@ -123,10 +123,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(folder: Path, port: int | None = None, **env: str) -> CogServer:
-    shutil.copy(PREDICTOR, folder / "predict.py")
+def start_server(
+    folder: Path, port: int | None = None, *, predictor: Path = PREDICTOR, **env: str
+) -> CogServer:
+    shutil.copy(predictor, folder / "predict.py")
     (folder / ".cog").mkdir(exist_ok=True)
-    (folder / ".cog" / "openapi_schema.json").write_text(json.dumps(cog_schema(PREDICTOR)))
+    (folder / ".cog" / "openapi_schema.json").write_text(json.dumps(cog_schema(predictor)))
     port = port or _free_port()
     venv_bin = str(Path(sys.executable).parent)
     environ = {

@@ -1,5 +1,8 @@
 """The settings dialog's page for one hosted provider: its API key, base URL and limits.
 
+The Cog page's address field takes several servers, separated by commas or spaces (see
+:data:`app.store.settings.MULTI_URL_PROVIDERS`): jobs are spread over them.
+
 Keys go to the OS keyring (:mod:`app.store.secrets`) the moment Save is pressed, never into the
 settings file; a key is shown masked ("r8_…9fQa (keyring)") and the field that took it is
 cleared. A key that comes from the environment is shown, read-only, with the variable's name:
@@ -27,6 +30,7 @@ from PySide6.QtWidgets import (
 
 from app.backends import registry
 from app.store import secrets
+from app.store.settings import MULTI_URL_PROVIDERS
 from app.ui.dialogs.model_tasks import run_in_pool
 
 __all__ = ["ProviderInfo", "ProviderPage", "provider_infos", "refresh_keys", "warm_up"]
@@ -44,6 +48,7 @@ class ProviderInfo:
     default_concurrency: int
     needs_key: bool
     key_envs: tuple[str, ...]
+    several_urls: bool = False  # a pool of the person's own servers (Cog)
 
 
 def _label(name: str) -> str:
@@ -69,6 +74,7 @@ def provider_infos() -> tuple[ProviderInfo, ...]:
                 default_concurrency=int(cls.default_concurrency),
                 needs_key=entry.needs_key,
                 key_envs=entry.key_envs,
+                several_urls=entry.name in MULTI_URL_PROVIDERS,
             )
         )
     return tuple(infos)
@@ -99,11 +105,16 @@ class ProviderPage(QWidget):
         label = info.label
         form = QFormLayout(self)
 
-        intro = QLabel(
-            f"{label} needs its address; a key only if you put one in front of it."
-            if not info.needs_key
-            else f"Jobs sent to {label} use your {label} account and its API key."
-        )
+        if info.several_urls:
+            text = (
+                f"{label} needs its address; list several servers to spread jobs over them. "
+                "A key only if you put one in front of them."
+            )
+        elif not info.needs_key:
+            text = f"{label} needs its address; a key only if you put one in front of it."
+        else:
+            text = f"Jobs sent to {label} use your {label} account and its API key."
+        intro = QLabel(text)
         intro.setWordWrap(True)
         form.addRow(intro)
 
@@ -141,14 +152,19 @@ class ProviderPage(QWidget):
         _named(
             self.url_edit,
             f"{label} base URL",
-            f"Scheme and host, as the vendor documents it; empty = {info.default_url}",
+            (
+                "One server's address, or several separated by commas or spaces: jobs go to "
+                f"whichever has a free slot, and move on if one stops; empty = {info.default_url}"
+            )
+            if info.several_urls
+            else f"Scheme and host, as the vendor documents it; empty = {info.default_url}",
         )
         self.url_edit.textChanged.connect(self.changed)
         self.url_error = QLabel()
         self.url_error.setWordWrap(True)
         self.url_error.setAccessibleName(f"{label} base URL problem")
         self.url_error.hide()
-        form.addRow("Base URL", self.url_edit)
+        form.addRow("Servers" if info.several_urls else "Base URL", self.url_edit)
         form.addRow("", self.url_error)
 
         self.rpm_spin = QSpinBox()
@@ -167,7 +183,10 @@ class ProviderPage(QWidget):
         _named(
             self.concurrency_spin,
             f"{label} concurrency",
-            "How many jobs may run there at the same time (0 = the provider's default)",
+            "How many jobs are handed to the servers at once; each waits for a free slot "
+            "(0 = the default)"
+            if info.several_urls
+            else "How many jobs may run there at the same time (0 = the provider's default)",
         )
         self.rpm_spin.valueChanged.connect(self.changed)
         self.concurrency_spin.valueChanged.connect(self.changed)

@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 
 from app.backends import capabilities as caps
 from app.ui.params.checks import FAITHFUL_FIELDS, window_checks
+from app.ui.params.cog_servers import CogServerList
 from app.ui.params.fields import SeedEditor, make_editor
 from app.ui.params.look import FieldRow, Section, error_color, field_label
 from pipeline.errors import FieldError, ParamsError
@@ -67,6 +68,9 @@ class ParamsPanel(QWidget):
         outer.setContentsMargins(4, 4, 4, 4)
         outer.setSpacing(4)
         outer.addLayout(self._build_backend_row())
+        self.cog_servers = CogServerList()  # shown, and asked, while Cog is chosen
+        self.cog_servers.hide()
+        outer.addWidget(self.cog_servers)
         self.summary = QLabel()
         self.summary.setWordWrap(True)
         self.summary.setTextFormat(Qt.TextFormat.RichText)
@@ -224,6 +228,7 @@ class ParamsPanel(QWidget):
             return
         self._backend = (name, model)
         self.engine_combo.setCurrentIndex(max(0, self.engine_combo.findData(name)))
+        self.cog_servers.setVisible(name == "cog")
         self._fill_models()
         self._adapt()
         self._validate()
