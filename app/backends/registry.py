@@ -25,7 +25,7 @@ has no effect on what is sent, so a knob the window shows always changes the req
 ==================  ===========================  ==============================================
 backend             model                        takes
 ==================  ===========================  ==============================================
-local               (Clarifier's engine)         every field except ``creative.*``, ``flux.*``
+local, ray          (Clarifier's engine)         every field except ``creative.*``, ``flux.*``
 segmind             clarity-upscaler             the open Clarity inputs (below) without
                                                  ``pattern`` and ``multistep_factor``
 segmind             clarityai-creative-upscaler  ``scale_factor`` (whole, 2–16), ``prompt``,
@@ -317,6 +317,18 @@ _BACKENDS: tuple[BackendInfo, ...] = (
         can_cancel=True,
         default_url="https://queue.fal.run",
         vendor_key_envs=("FAL_KEY",),
+    ),
+    BackendInfo(
+        name="ray",
+        label="Ray cluster",
+        module="app.backends.ray",
+        class_name="RayBackend",
+        # The same engine as "local", one per GPU (or CPU slot) of a Ray cluster: the optional
+        # [cluster] extra, so it comes last.
+        catalog=(ModelInfo("", "Clarifier's engine", _ALL - _CREATIVE - _FLUX, _FULL_RANGE),),
+        remote=False,
+        needs_key=False,
+        can_cancel=True,
     ),
 )
 _BY_NAME = {info.name: info for info in _BACKENDS}

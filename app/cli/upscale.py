@@ -111,6 +111,13 @@ def add_upscale_parser(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help=f"the provider's model, where it has several ({several})",
     )
+    up.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="with --backend ray: the cluster to run on (ray://HOST:10001, HOST:6379, auto, or "
+        "local for a new one on this computer); default: RAY_ADDRESS, else the cluster `ray "
+        "start` started here, else a new local one",
+    )
     up.add_argument("--seed", metavar="N", help="seed, or 'random'")
     up.add_argument(
         "--json",
@@ -446,6 +453,9 @@ class _sigint_handler:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
+    ray_address = getattr(args, "ray_address", None)
+    if ray_address and args.backend != "ray":
+        raise UsageError("--ray-address is for --backend ray")
     settings = load_settings()
     if args.max_output_mp is not None or args.device or args.tile is not None:
         try:
@@ -470,7 +480,9 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             return EXIT_FAILED
     from app.jobs.providers import ProviderPool  # httpx and the provider machinery: now
 
-    pool = ProviderPool(settings)
+    pool = ProviderPool(
+        settings, overrides={"ray": {"address": ray_address}} if ray_address else None
+    )
     problem = check_backend(pool, args.backend, args.model)
     if problem is not None:  # say it once, not once per image
         print(f"clarifier: {problem}", file=sys.stderr)

@@ -219,13 +219,15 @@ def test_the_creative_emulation_moves_only_what_the_local_engine_takes():
 
 # --- the registry's own facts, and the classes it names -------------------------------------
 def test_backends_are_local_then_the_providers_in_order():
-    assert [b.name for b in caps.backends()] == ["local", *PROVIDERS]
+    assert [b.name for b in caps.backends()] == ["local", *PROVIDERS, "ray"]
     local = caps.backend_info("local")
     assert (local.label, local.models, local.remote, local.needs_key) == (
         "This computer", (), False, False
     )  # fmt: skip
     assert local.can_cancel and local.default_url == ""
     assert all(caps.backend_info(name).remote for name in PROVIDERS)
+    ray = caps.backend_info("ray")  # the engine, on a Ray cluster
+    assert (ray.remote, ray.needs_key, ray.can_cancel) == (False, False, True)
 
 
 @pytest.mark.parametrize("name", list(registry.names()))
@@ -275,7 +277,7 @@ def test_unknown_names_are_clear_errors():
         caps.backend_info("midjourney")
     assert str(err.value) == (
         "unknown backend 'midjourney'; available: local, segmind, apiframe, wireflow, "
-        "replicate, cog, fal"
+        "replicate, cog, fal, ray"
     )
     with pytest.raises(ValueError, match="Segmind has no model 'sdxl'; choose one of: clarity"):
         caps.accepted_fields("segmind", "sdxl")
