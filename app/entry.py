@@ -12,7 +12,9 @@ from pathlib import Path
 __all__ = ["COMMANDS", "main", "wants_window"]
 
 # The CLI's subcommands (tests/unit/test_packaging.py checks this against app.cli.parser).
-COMMANDS = frozenset({"upscale", "info", "params", "presets", "models", "keys", "jobs", "desktop"})
+COMMANDS = frozenset(
+    {"upscale", "info", "params", "presets", "models", "keys", "jobs", "serve", "desktop"}
+)
 _LINK_SCHEMES = ("http://", "https://", "file://")
 
 

@@ -2,8 +2,9 @@
 
 ``clarifier upscale INPUT... -o OUT`` runs through the same job controller and backends as the
 window; ``info``, ``params``, ``presets``, ``models``, ``keys``, ``jobs`` and ``desktop`` look
-things up and manage models, keys, the history and the desktop launcher. One module per
-command (:mod:`app.cli.upscale`, :mod:`app.cli.keys`, ...), each with its own subparser;
+things up and manage models, keys, the history and the desktop launcher; ``serve`` runs the
+engine behind Cog's HTTP API for other computers. One module per command
+(:mod:`app.cli.upscale`, :mod:`app.cli.keys`, ...), each with its own subparser;
 :mod:`app.cli.parser` puts them together. Exit status: 0 when every image succeeded, 1 when any
 failed (the others still finish), 2 for a usage or parameter error, 130 when interrupted.
 
@@ -24,6 +25,7 @@ from app.cli.jobs import cmd_jobs
 from app.cli.keys import cmd_keys
 from app.cli.models import cmd_models
 from app.cli.parser import build_parser
+from app.cli.serve import cmd_serve
 from app.cli.upscale import cmd_upscale
 from app.store.presets import PresetError
 from pipeline.errors import ParamsError
@@ -38,6 +40,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "models": cmd_models,
     "keys": cmd_keys,
     "jobs": cmd_jobs,
+    "serve": cmd_serve,
     "desktop": cmd_desktop,
 }
 

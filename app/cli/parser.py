@@ -14,6 +14,7 @@ from app.cli.info import add_info_parsers
 from app.cli.jobs import add_jobs_parser
 from app.cli.keys import add_keys_parser
 from app.cli.models import add_models_parser
+from app.cli.serve import add_serve_parser
 from app.cli.upscale import add_upscale_parser
 from pipeline import __version__
 
@@ -34,5 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_parser(sub)
     add_keys_parser(sub)
     add_jobs_parser(sub)
+    add_serve_parser(sub)
     add_desktop_parser(sub)
     return parser
