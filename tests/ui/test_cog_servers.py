@@ -39,7 +39,7 @@ def test_each_server_is_listed_with_its_state(qtbot, servers) -> None:
     view = CogServerList(lambda: ([ready.url, busy.url, gone], None))
     qtbot.addWidget(view)
     view.refresh()
-    qtbot.waitUntil(lambda: len(view.states()) == 3, timeout=5000)
+    qtbot.waitUntil(lambda: len(view.states()) == 3, timeout=15000)
     assert view.states() == [(ready.url, "ready"), (busy.url, "busy"), (gone, "unreachable")]
     texts = [label.text() for label in view.labels]
     assert "ready (1 of 2 slots free)" in texts[0] and "busy" in texts[1]
@@ -50,7 +50,7 @@ def test_each_server_is_listed_with_its_state(qtbot, servers) -> None:
     ]
     busy.status = "READY"  # the box is free again: the next check says so
     view.refresh_button.click()
-    qtbot.waitUntil(lambda: view.states()[1] == (busy.url, "ready"), timeout=5000)
+    qtbot.waitUntil(lambda: view.states()[1] == (busy.url, "ready"), timeout=15000)
     assert len(view.labels) == 3
 
 
@@ -63,7 +63,7 @@ def test_checking_never_blocks_the_window(qtbot, servers) -> None:
     view.refresh()
     assert time.monotonic() - started < 0.2  # the question went to a worker
     assert view.title.text() == "Your Cog servers: checking…" and view.states() == []
-    qtbot.waitUntil(lambda: view.states() == [(ready.url, "ready")], timeout=5000)
+    qtbot.waitUntil(lambda: view.states() == [(ready.url, "ready")], timeout=15000)
 
 
 def test_an_older_answer_does_not_replace_a_newer_one(qtbot, servers) -> None:
@@ -74,7 +74,7 @@ def test_an_older_answer_does_not_replace_a_newer_one(qtbot, servers) -> None:
     qtbot.addWidget(view)
     view.refresh()
     view.refresh()
-    qtbot.waitUntil(lambda: view.states() == [(busy.url, "busy")], timeout=5000)
+    qtbot.waitUntil(lambda: view.states() == [(busy.url, "busy")], timeout=15000)
     qtbot.wait(1200)  # the slow first answer arrives, and is dropped
     assert view.states() == [(busy.url, "busy")]
 
@@ -91,7 +91,7 @@ def test_run_on_shows_the_servers_while_cog_is_chosen(qtbot, servers, monkeypatc
     assert panel.backend()[0] == "cog" and panel.cog_servers.isVisible()
     qtbot.waitUntil(
         lambda: panel.cog_servers.states() == [(ready.url, "ready"), (busy.url, "busy")],
-        timeout=5000,
+        timeout=15000,
     )
     panel.set_backend("local")
     assert not panel.cog_servers.isVisible()
