@@ -71,7 +71,12 @@ from pipeline.errors import ImageError
 from pipeline.io.atomic import atomic_write
 from pipeline.params import UpscaleParams
 
-__all__ = ["EngineActor", "RayBackend", "ray_installed"]
+__all__ = [
+    "EngineActor",
+    "RayBackend",
+    "cluster_state",
+    "ray_installed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +88,32 @@ _MAX_EVENTS = 500  # a job's undelivered events an engine keeps (previews are th
 def ray_installed() -> bool:
     """Whether Ray can be imported here (without importing it)."""
     return importlib.util.find_spec("ray") is not None
+
+
+# Where `ray start` records the address of the cluster it started on this computer.
+_CURRENT_CLUSTER = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+
+
+def cluster_state(address: str | None = None) -> tuple[str, str]:
+    """``(state, words)`` for the window, without importing Ray or connecting: ``missing``
+    (not installed), ``address`` (a configured cluster), ``running`` (one ``ray start`` started
+    here) or ``local`` (a local cluster starts with the first job)."""
+    if not ray_installed():
+        return "missing", f"Ray is not installed; {_INSTALL_HINT}"
+    given = address or os.environ.get("RAY_ADDRESS")
+    if given:
+        return "address", f"runs on the Ray cluster at {given}"
+    try:
+        started = _CURRENT_CLUSTER.read_text(encoding="utf-8").strip()
+    except OSError:
+        started = ""
+    if started:
+        return "running", f"runs on the Ray cluster started here ({started})"
+    cpus = os.cpu_count() or 1
+    return "local", (
+        f"starts a Ray cluster on this computer with the first job (one engine per GPU, or per "
+        f"CPU slot: {cpus} here)"
+    )
 
 
 def _ray() -> ModuleType:

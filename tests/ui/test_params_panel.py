@@ -371,3 +371,20 @@ def test_every_control_is_named_and_explained(panel: ParamsPanel) -> None:
         assert widget.accessibleName(), widget
         assert widget.toolTip(), widget.accessibleName()
     assert seen > 60
+
+
+def test_run_on_ray_says_where_the_batch_will_run(qtbot, panel: ParamsPanel, monkeypatch) -> None:
+    """Choosing the Ray cluster shows its state without importing Ray or connecting."""
+    import app.backends.ray as ray_backend
+
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    panel.set_backend("ray", "")
+    assert panel.ray_state.isVisibleTo(panel)
+    assert panel.ray_state.text() == "Ray cluster: runs on the Ray cluster at ray://head:10001"
+    panel.set_backend("local", "")
+    assert not panel.ray_state.isVisibleTo(panel)
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setattr(ray_backend, "ray_installed", lambda: False)
+    panel.set_backend("ray", "")
+    assert panel.ray_state.property("state") == "missing"
+    assert "pip install 'clarifier[cluster]'" in panel.ray_state.text()

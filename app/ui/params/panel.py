@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.backends import capabilities as caps
+from app.backends.ray import cluster_state
 from app.ui.params.checks import FAITHFUL_FIELDS, window_checks
 from app.ui.params.cog_servers import CogServerList
 from app.ui.params.fields import SeedEditor, make_editor
@@ -71,6 +72,10 @@ class ParamsPanel(QWidget):
         self.cog_servers = CogServerList()  # shown, and asked, while Cog is chosen
         self.cog_servers.hide()
         outer.addWidget(self.cog_servers)
+        self.ray_state = QLabel()  # shown while the Ray cluster is chosen
+        self.ray_state.setWordWrap(True)
+        self.ray_state.hide()
+        outer.addWidget(self.ray_state)
         self.summary = QLabel()
         self.summary.setWordWrap(True)
         self.summary.setTextFormat(Qt.TextFormat.RichText)
@@ -229,6 +234,11 @@ class ParamsPanel(QWidget):
         self._backend = (name, model)
         self.engine_combo.setCurrentIndex(max(0, self.engine_combo.findData(name)))
         self.cog_servers.setVisible(name == "cog")
+        if name == "ray":
+            state, words = cluster_state()
+            self.ray_state.setProperty("state", state)
+            self.ray_state.setText(f"Ray cluster: {words}")
+        self.ray_state.setVisible(name == "ray")
         self._fill_models()
         self._adapt()
         self._validate()
