@@ -333,6 +333,30 @@ def find_upscaler(name: str, search_dirs: Sequence[Path | str] = ()) -> Path | N
     return found
 
 
+def upscaler_not_found(name: str, search_dirs: Sequence[Path | str] = ()) -> str:
+    """What to tell someone whose pre-upscaler :func:`find_upscaler` did not find: what it is,
+    where it was looked for and how to get it (the creative mode's message, for one file)."""
+    entry = _manifest_file(name, "upscaler")
+    missing = Missing(name, "upscaler", "the selected upscaler", entry, entry.id if entry else None)
+    where = [str(p) for p in search_roots(search_dirs)]
+    if not any(Path(p) == models_dir() for p in where):
+        where.append(f"{models_dir()} (Clarifier's own, empty)")
+    lines = [
+        f"the pre-upscaler is not one of the bundled ones ({', '.join(BUNDLED_UPSCALERS)}) "
+        "and was not found:",
+        f"  - {missing.line()}",
+        f"Searched: {', '.join(where)}.",
+    ]
+    if entry is not None:
+        lines.append("Download it (its licence is shown first):")
+        lines.append(f"  clarifier models download {entry.id}")
+    lines.append(
+        "Already have it, e.g. in an A1111 or ComfyUI install? Add that folder: "
+        "clarifier upscale ... --models DIR, or remember it with clarifier models locate DIR."
+    )
+    return "\n".join(lines)
+
+
 def _find_upscaler(check: ModelCheck, name: str, by_hash: bool) -> Path | None:
     path = Path(name).expanduser()
     if path.is_file():

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from pipeline.device import pick_dtype
-from pipeline.errors import Cancelled
-from pipeline.models.store import find_upscaler
+from pipeline.errors import Cancelled, ModelError
+from pipeline.models.store import find_upscaler, upscaler_not_found
 from pipeline.params import BUNDLED_UPSCALERS, UpscaleParams
 from pipeline.progress import CancelFn, Progress, ProgressFn, RunExtras
 from pipeline.sr.loading import load_upscaler
@@ -57,7 +57,10 @@ def upscale_faithful(
     if name not in BUNDLED_UPSCALERS:
         # Found where the creative mode finds it (ESRGAN/, upscale_models/, Clarifier's folder);
         # when it is nowhere, the loader says so with the folders searched.
-        name = str(find_upscaler(name, options.model_dirs) or name)
+        found = find_upscaler(name, options.model_dirs)
+        if found is None:
+            raise ModelError(upscaler_not_found(name, options.model_dirs))
+        name = str(found)
     model = load_upscaler(
         name,
         device=device,

@@ -235,3 +235,27 @@ def test_faithful_mode_finds_the_preferred_upscaler_where_creative_mode_does(
     assert result.rgb.shape == (48, 64, 3)
     assert result.info.models["upscaler"] == ULTRASHARP
     assert result.info.models["upscaler_sha256"] == file_sha256(weights)
+
+
+def test_a_missing_preferred_upscaler_says_how_to_get_it_in_faithful_mode(tmp_path: Path) -> None:
+    import numpy as np
+
+    from pipeline.engine import EngineOptions, upscale
+    from pipeline.errors import ModelError
+    from pipeline.io import LoadedImage, SourceInfo
+
+    rgb = np.zeros((16, 16, 3), dtype=np.uint8)
+    source = SourceInfo(
+        path=None, format="PNG", mode="RGB", width=16, height=16, bit_depth=8, grayscale=False,
+        has_alpha=False, frames=1, icc_profile=None, exif=None, xmp=None,
+    )  # fmt: skip
+    params = UpscaleParams(mode="faithful", upscaler=ULTRASHARP)
+    with pytest.raises(ModelError) as info:
+        upscale(
+            LoadedImage(rgb=rgb, alpha=None, source=source),
+            params,
+            options=EngineOptions(device="cpu", model_dirs=(tmp_path,)),
+        )
+    message = str(info.value)
+    assert "clarifier models download 4x-UltraSharp" in message and "non-commercial" in message
+    assert f"Searched: {tmp_path}" in message and "--models DIR" in message
