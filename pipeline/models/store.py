@@ -322,54 +322,39 @@ def find_upscaler(name: str, search_dirs: Sequence[Path | str] = ()) -> Path | N
     """The file a pre-upscaler name (``4x-UltraSharp``, a file name or a path) means, looked
     for as the creative mode looks: the folders given, their ESRGAN / upscale_models / RealESRGAN
     folders (A1111, ComfyUI), and Clarifier's own models folder. None if it is not there."""
+    return _locate_upscaler(name, search_roots(search_dirs), by_hash=False)
+
+
+def _locate_upscaler(name: str, roots: Sequence[Path], *, by_hash: bool) -> Path | None:
     path = Path(name).expanduser()
     if path.is_file():
         return path
-    roots = search_roots(search_dirs)
     found = _find_named([name] + [name + s for s in MODEL_SUFFIXES], "upscaler", roots)
     entry = _manifest_file(name, "upscaler")
     if found is None and entry is not None:
-        found = find_entry(entry, roots)
+        found = find_entry(entry, roots, by_hash=by_hash)
     return found
+
+
+def _upscaler_missing(name: str) -> Missing:
+    entry = _manifest_file(name, "upscaler")
+    return Missing(name, "upscaler", "the selected upscaler", entry, entry.id if entry else None)
 
 
 def upscaler_not_found(name: str, search_dirs: Sequence[Path | str] = ()) -> str:
     """What to tell someone whose pre-upscaler :func:`find_upscaler` did not find: what it is,
     where it was looked for and how to get it (the creative mode's message, for one file)."""
-    entry = _manifest_file(name, "upscaler")
-    missing = Missing(name, "upscaler", "the selected upscaler", entry, entry.id if entry else None)
-    where = [str(p) for p in search_roots(search_dirs)]
-    if not any(Path(p) == models_dir() for p in where):
-        where.append(f"{models_dir()} (Clarifier's own, empty)")
-    lines = [
+    heading = (
         f"the pre-upscaler is not one of the bundled ones ({', '.join(BUNDLED_UPSCALERS)}) "
-        "and was not found:",
-        f"  - {missing.line()}",
-        f"Searched: {', '.join(where)}.",
-    ]
-    if entry is not None:
-        lines.append("Download it (its licence is shown first):")
-        lines.append(f"  clarifier models download {entry.id}")
-    lines.append(
-        "Already have it, e.g. in an A1111 or ComfyUI install? Add that folder: "
-        "clarifier upscale ... --models DIR, or remember it with clarifier models locate DIR."
+        "and was not found:"
     )
-    return "\n".join(lines)
+    return missing_message([_upscaler_missing(name)], search_roots(search_dirs), heading=heading)
 
 
 def _find_upscaler(check: ModelCheck, name: str, by_hash: bool) -> Path | None:
-    path = Path(name).expanduser()
-    if path.is_file():
-        return path
-    names = [name] + [name + s for s in MODEL_SUFFIXES]
-    entry = _manifest_file(name, "upscaler")
-    found = _find_named(names, "upscaler", check.searched)
-    if found is None and entry is not None:
-        found = find_entry(entry, check.searched, by_hash=by_hash)
+    found = _locate_upscaler(name, check.searched, by_hash=by_hash)
     if found is None:
-        check.missing.append(
-            Missing(name, "upscaler", "the selected upscaler", entry, entry.id if entry else None)
-        )
+        check.missing.append(_upscaler_missing(name))
     return found
 
 
@@ -407,9 +392,11 @@ def _config_dir(check: ModelCheck) -> Path | None:
     return None
 
 
-def missing_message(missing: Sequence[Missing], searched: Sequence[Path]) -> str:
+def missing_message(
+    missing: Sequence[Missing], searched: Sequence[Path], *, heading: str | None = None
+) -> str:
     """One message for everything missing: what, how big, which licence, and how to get it."""
-    lines = [f"creative mode needs {len(missing)} model file(s) that were not found:"]
+    lines = [heading or f"creative mode needs {len(missing)} model file(s) that were not found:"]
     lines += [f"  - {m.line()}" for m in missing]
     where = [str(p) for p in searched]
     if not any(p == models_dir() for p in searched):
