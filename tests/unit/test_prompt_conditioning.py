@@ -9,17 +9,14 @@ A1111's modules/sd_hijack_clip.py (``FrozenCLIPEmbedderWithCustomWordsBase.forwa
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from pipeline.diffusion.text_encoder import Conditioning, PromptEncoder
 from pipeline.errors import ParamsError
+from tests.unit.test_text_encoder import HIDDEN, TOKENIZER_DIR, build_text_encoder
 
-TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "resources" / "sd15" / "tokenizer"
-HIDDEN = 32
 BOS, EOS, CAT, DOG = 49406, 49407, 2368, 1929
 
 
@@ -30,26 +27,7 @@ def tokenizer() -> CLIPTokenizer:
 
 @pytest.fixture(scope="module")
 def text_encoder() -> CLIPTextModel:
-    torch.manual_seed(3)
-    config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=HIDDEN,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        pad_token_id=EOS,
-    )
-    model = CLIPTextModel(config).eval()
-    with torch.no_grad():  # fresh layer norms (weight 1, bias 0) would make every mean ~0
-        for module in model.modules():
-            if isinstance(module, torch.nn.LayerNorm):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.3, 0.5)
-    return model
+    return build_text_encoder(seed=3)
 
 
 @pytest.fixture

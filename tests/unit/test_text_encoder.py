@@ -34,7 +34,12 @@ def tokenizer() -> CLIPTokenizer:
 
 @pytest.fixture(scope="module")
 def text_encoder() -> CLIPTextModel:
-    torch.manual_seed(0)
+    return build_text_encoder(seed=0)
+
+
+def build_text_encoder(seed: int) -> CLIPTextModel:
+    """A tiny random CLIP text model on SD 1.5's vocabulary, with layer norms that matter."""
+    torch.manual_seed(seed)
     config = CLIPTextConfig(
         vocab_size=49408,
         hidden_size=HIDDEN,
