@@ -30,7 +30,6 @@ from PySide6.QtWidgets import (
 )
 
 from app.backends import capabilities as caps
-from app.backends.ray import cluster_state
 from app.ui.params.checks import FAITHFUL_FIELDS, window_checks
 from app.ui.params.cog_servers import CogServerList
 from app.ui.params.fields import SeedEditor, make_editor
@@ -235,6 +234,8 @@ class ParamsPanel(QWidget):
         self.engine_combo.setCurrentIndex(max(0, self.engine_combo.findData(name)))
         self.cog_servers.setVisible(name == "cog")
         if name == "ray":
+            from app.backends.ray import cluster_state  # only when the cluster is chosen
+
             state, words = cluster_state()
             self.ray_state.setProperty("state", state)
             self.ray_state.setText(f"Ray cluster: {words}")
