@@ -33,9 +33,16 @@ from PIL import Image, ImageFilter
 
 from pipeline.diffusion import tiled_vae
 from pipeline.diffusion.multidiffusion import TiledDenoiser, TileOutOfMemory
-from pipeline.diffusion.samplers import Guidance, check_sampler, img2img, model_calls, prompt_steps
+from pipeline.diffusion.samplers import (
+    Guidance,
+    check_sampler,
+    check_steps,
+    img2img,
+    model_calls,
+    prompt_steps,
+)
 from pipeline.diffusion.tiling import TilePlan, plan_tiles
-from pipeline.errors import FieldError, ModelError, OutOfMemory, ParamsError, PipelineError
+from pipeline.errors import ModelError, OutOfMemory, PipelineError
 from pipeline.params import UpscaleParams, floor8
 from pipeline.progress import Progress
 from pipeline.sr.post import lanczos_resize
@@ -472,19 +479,8 @@ def check_creative_params(params: UpscaleParams) -> list[str]:
     """Refusals and warnings for creative-mode parameters this engine cannot honour, checked
     before any model is loaded."""
     check_sampler(params.scheduler)
-    if params.scheduler == "UniPC":
-        # A1111's UniPC of order 3 needs three img2img steps in every pass.
-        for _scale, creativity, _seed in params.passes():
-            if int(min(creativity, 0.999) * params.num_inference_steps) < 3:
-                raise ParamsError(
-                    FieldError(
-                        "creativity",
-                        round(creativity, 4),
-                        "enough for three UniPC steps in every pass (creativity × steps ≥ 3, "
-                        "after the multi-step factor); raise creativity or the steps, or choose "
-                        "another sampler",
-                    )
-                )
+    for _scale, creativity, _seed in params.passes():
+        check_steps(params.scheduler, params.num_inference_steps, creativity)
     warnings = []
     if params.handfix == "hands_only":
         from pipeline.diffusion.handfix import require_detector

@@ -55,6 +55,7 @@ __all__ = [
     "SamplerSpec",
     "a1111_img2img_steps",
     "check_sampler",
+    "check_steps",
     "img2img",
     "model_calls",
     "prompt_steps",
@@ -166,6 +167,22 @@ def check_sampler(name: str) -> SamplerSpec:
         allowed = f"one of the A1111 samplers ({', '.join(SAMPLERS)})"
         raise ParamsError(FieldError("scheduler", name, allowed))
     return spec
+
+
+def check_steps(name: str, steps: int, strength: float) -> None:
+    """Refuse, on ``creativity``, an img2img run the sampler cannot make: A1111's UniPC of
+    order 3 needs three steps (``int(creativity·steps) >= 3``). Builds nothing."""
+    if check_sampler(name).function == "unipc" and int(min(strength, 0.999) * steps) < _UNIPC_ORDER:
+        raise ParamsError(
+            FieldError(
+                "creativity",
+                round(strength, 4),
+                f"at least {_UNIPC_ORDER / steps:.3f} for UniPC at {steps} steps in every pass "
+                f"(A1111's UniPC of order {_UNIPC_ORDER} needs {_UNIPC_ORDER} img2img steps, "
+                "after the multi-step factor); raise creativity or the steps, or choose another "
+                "sampler",
+            )
+        )
 
 
 def a1111_img2img_steps(steps: int, strength: float) -> int:
@@ -447,16 +464,7 @@ def img2img(
             )  # fmt: skip
         if spec.function == "plms":
             return ts.plms(denoiser.eps, xi, sched, alphas, callback=callback)
-        if len(sched) < _UNIPC_ORDER:
-            raise ParamsError(
-                FieldError(
-                    "creativity",
-                    strength,
-                    f"at least {_UNIPC_ORDER / steps:.3f} for UniPC at {steps} steps (A1111's "
-                    f"UniPC of order {_UNIPC_ORDER} needs {_UNIPC_ORDER} img2img steps); "
-                    "raise creativity or the steps, or choose another sampler",
-                )
-            )
+        check_steps(name, steps, strength)
         return ts.unipc(denoiser.eps, xi, sched, alphas, is_img2img=True, callback=callback)
 
     full = schedule.full_sigmas(spec, steps).to(x0.device)
